@@ -1,0 +1,7 @@
+"""ftlab: a teaching lab for fine-tuning neural networks, every method from scratch."""
+from ftlab.config import FAST, device, seed_everything
+from ftlab.measure import count_parameters, memory_report, time_step
+from ftlab.train import evaluate, fit
+
+__version__ = "0.1.0"
+from ftlab.methods import apply

@@ -1,0 +1,32 @@
+"""Toy tasks, generated offline and seeded, with fixed train/validation/test splits.
+
+Each task module returns plain Python data (lists of examples); ``text_loader`` turns text
+examples into batches that follow ftlab's batch convention (see ``ftlab.train``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+
+def text_loader(examples: Sequence[tuple[str, int]], tokenizer, *, batch_size: int = 16, shuffle: bool = False,
+                seed: int = 0, max_length: int = 64) -> DataLoader:
+    """Batches of ``(text, label)`` examples as dicts: ``input_ids``, ``attention_mask``, ``labels``.
+
+    Texts are tokenised per batch and padded to the longest one in it: ``input_ids`` is
+    ``(B, T)``, ``labels`` is ``(B,)``.
+    """
+    if len(examples) == 0:
+        raise ValueError("text_loader got no examples")
+
+    def collate(batch):
+        texts, labels = zip(*batch)
+        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        enc["labels"] = torch.tensor(labels, dtype=torch.long)
+        return enc
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(list(examples), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
