@@ -14,6 +14,7 @@ stays near chance on the test split; a pretrained model already places "superb" 
 from __future__ import annotations
 
 import random
+import re
 
 POSITIVE = {
     "train": ["good", "great", "excellent", "wonderful", "fantastic", "amazing", "lovely", "brilliant"],
@@ -61,6 +62,7 @@ def make_sentiment(seed: int = 0, sizes: dict | None = None) -> dict[str, list[t
             label = k % 2
             adjective = rng.choice((POSITIVE if label else NEGATIVE)[split])
             text = rng.choice(TEMPLATES).format(s=rng.choice(SUBJECTS), i=rng.choice(INTENSIFIERS), a=adjective)
+            text = re.sub(r"\ba (?=[aeiou])", "an ", text)  # "a outstanding" -> "an outstanding"
             examples.append((text, label))
         rng.shuffle(examples)
         data[split] = examples
