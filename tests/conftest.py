@@ -16,3 +16,37 @@ def minilm(_minilm_pristine):
     """A fresh copy of the offline MiniLM sequence classifier and its tokenizer."""
     model, tokenizer = _minilm_pristine
     return copy.deepcopy(model), tokenizer
+
+
+@pytest.fixture
+def tiny_gpt2():
+    """A seeded, randomly initialised GPT-2 (2 layers, d=64, 4 heads, 500 tokens, 64 positions) in eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=500, n_positions=64)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture
+def untouched():
+    """``check = untouched(model)`` before a call that must fail; ``check()`` afterwards asserts that the
+    model's module structure, every state_dict tensor and every ``requires_grad`` flag are as before."""
+    import torch
+
+    def snapshot(model):
+        structure = repr(model)
+        state = copy.deepcopy(model.state_dict())
+        flags = [(name, p.requires_grad) for name, p in model.named_parameters()]
+
+        def check():
+            assert repr(model) == structure
+            now = model.state_dict()
+            assert list(now) == list(state)
+            assert all(torch.equal(now[k], v) for k, v in state.items())
+            assert [(name, p.requires_grad) for name, p in model.named_parameters()] == flags
+
+        return check
+
+    return snapshot
