@@ -193,13 +193,20 @@ class Tuned(nn.Module):
         return self.adapter_forward(x, self.active_adapter, *args, **kwargs)
 
     def merge(self) -> None:
-        """Add the active adapter's change into the base weight: W <- W + delta_weight."""
+        """Add the active adapter's change into the base weight: W <- W + delta_weight.
+
+        A quantised base layer (QLoRA) is first replaced by its dequantised float layer, which
+        stays in place after ``unmerge``.
+        """
         if not self.mergeable:
             raise TypeError(f"{type(self).__name__} adapters cannot be merged into the base weight")
         if self.merged_adapter is not None:
             raise ValueError(f"adapter {self.merged_adapter!r} is already merged; unmerge() before merging again")
         if self.active_adapter not in self.adapter_config:
             raise ValueError("this layer has no active adapter to merge; set_adapter() first")
+        if hasattr(self.base_layer, "dequantized"):
+            # 4 bits cannot hold W + delta without rounding it again, so the merge is into float weights
+            self.base_layer = self.base_layer.dequantized()
         with torch.no_grad():
             self._merge(self.active_adapter)
         self.merged_adapter = self.active_adapter
@@ -396,14 +403,16 @@ def _check_unmerged(model: nn.Module, doing: str) -> None:
 
 
 def inject(model: nn.Module, layer_class: type[Tuned], targets: list[str] | str | None, adapter_name: str,
-           options: dict, modules_to_save: list[str] | None = None) -> nn.Module:
+           options: dict, modules_to_save: list[str] | None = None,
+           layer_options: dict[str, dict] | None = None) -> nn.Module:
     """Wrap every target of ``model`` in ``layer_class`` with adapter ``adapter_name``; return ``model``.
 
     Validates everything first (targets exist and are supported layers, ``options`` fit
     every layer, the adapter name is new, nothing is merged), so an error leaves the model
     untouched. Then freezes the base model: only the active adapter's parameters (and the
     copies of ``modules_to_save``) train. The first adapter becomes active; later ones
-    are added inactive, as in peft (``set_adapter`` switches).
+    are added inactive, as in peft (``set_adapter`` switches). ``layer_options`` maps a
+    target's name to options that differ for that layer only (IA3's feedforward layers).
     """
     if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
         raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
@@ -424,18 +433,19 @@ def inject(model: nn.Module, layer_class: type[Tuned], targets: list[str] | str 
             raise TypeError(f"{name!r} already carries a {module.method!r} adapter; one method per layer, "
                             f"so target other layers or delete_adapter() first")
         base = module.base_layer if isinstance(module, Tuned) else module
+        layer_opts = {} if cls is TrainableCopy else {**options, **(layer_options or {}).get(name, {})}
         try:
-            cls.check(base, name, **({} if cls is TrainableCopy else options))
+            cls.check(base, name, **layer_opts)
         except TypeError as error:  # say which module, since a pattern may match more than intended
             raise TypeError(f"{name!r}: {error}") from None
-        plan.append((name, module, cls))
+        plan.append((name, module, cls, layer_opts))
 
     active = active_adapter(model) or adapter_name
-    for name, module, cls in plan:
+    for name, module, cls, layer_opts in plan:
         if not isinstance(module, Tuned):
             module = cls(module)
             replace_module(model, name, module)
-        module.add_adapter(adapter_name, **({} if cls is TrainableCopy else options))
+        module.add_adapter(adapter_name, **layer_opts)
         module.active_adapter = active
     _make_trainable(model)
     return model
