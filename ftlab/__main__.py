@@ -1,4 +1,4 @@
-"""Command line: ``python -m ftlab info`` (more commands arrive with the method issues)."""
+"""Command line: ``python -m ftlab info``, ``python -m ftlab bench lora`` (more commands arrive with the method issues)."""
 from __future__ import annotations
 
 import argparse
@@ -34,12 +34,24 @@ def info() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ftlab.bench import BENCHMARKS
+
     parser = argparse.ArgumentParser(prog="python -m ftlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device, mode and offline models")
+    bench = sub.add_parser("bench", help="speed of a method against its reference, printed side by side")
+    bench.add_argument("method", choices=sorted(BENCHMARKS),
+                       help="lora: training step vs peft's LoRA, inference after merge vs the base model")
+    bench.add_argument("--repeats", type=int, help="interleaved repeats (default 7; FAST mode 2)")
+    bench.add_argument("--batch-size", type=int, help="examples per batch (default 16)")
+    bench.add_argument("--seq-len", type=int, help="tokens per example (default 64)")
+    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.command == "info":
         info()
+    elif args.command == "bench":
+        BENCHMARKS[args.method](repeats=args.repeats, batch_size=args.batch_size, seq_len=args.seq_len,
+                                 threads=args.threads)
     return 0
 
 
