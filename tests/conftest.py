@@ -50,3 +50,21 @@ def untouched():
         return check
 
     return snapshot
+
+
+@pytest.fixture
+def tiny_gpt2_chat():
+    """``(model, tokenizer)``: a seeded random GPT-2 (2 layers, d=64, 64 positions, no dropout) sized to the
+    shipped byte-level BPE tokenizer of data/gpt2_tiny (``<|endoftext|>`` bos/eos, ``<|pad|>`` pad), in eval mode."""
+    from pathlib import Path
+
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(__file__).resolve().parent.parent / "data" / "gpt2_tiny")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=len(tokenizer), n_positions=64,
+                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                     pad_token_id=tokenizer.pad_token_id)
+    return transformers.GPT2LMHeadModel(config).eval(), tokenizer
