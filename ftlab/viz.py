@@ -55,3 +55,195 @@ def plot_history(histories: dict[str, dict], metric: str = "loss", smooth: int =
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_images(dataset, n: int = 20, classes: Sequence[str] | None = None, ncols: int = 10, title: str | None = None):
+    """A grid of the first ``n`` images of ``dataset`` (``(x, y)`` pairs, ``x`` normalised ``(3, H, W)``), labelled.
+
+    ``classes`` maps a label index to its name (default: the index itself).
+    """
+    from ftlab.tasks.images import to_unit
+
+    if not 1 <= n <= len(dataset):
+        raise ValueError(f"n must be between 1 and the dataset's {len(dataset)} images, got {n}")
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)  # ceiling division
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.25 * nrows + (0.3 if title else 0)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            x, y = dataset[i]
+            ax.imshow(to_unit(x).permute(1, 2, 0).numpy())  # (H, W, 3) in [0, 1]
+            ax.set_title(classes[int(y)] if classes is not None else str(int(y)), fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_vs_labels(summary, pretrained: str = "glyphs", shifted: bool = True):
+    """Test accuracy against labels per class, pretrained next to scratch (``ftlab.transfer.summarize``'s table).
+
+    Solid lines: the test set; dashed (``shifted=True``): the shifted test set. The x axis is
+    logarithmic, since each step from 1 to 20 labels multiplies the data.
+    """
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    k = list(summary.index)
+    for model_name, colour in ((pretrained, "C0"), ("scratch", "C1")):
+        ax.plot(k, 100 * summary[f"test_{model_name}"], marker="o", color=colour, label=f"{model_name}: test")
+        if shifted:
+            ax.plot(k, 100 * summary[f"test_shifted_{model_name}"], marker="s", linestyle="--", color=colour,
+                    label=f"{model_name}: shifted test")
+    ax.set_xscale("log")
+    ax.set_xticks(k, [str(v) for v in k])
+    ax.minorticks_off()
+    ax.set_xlabel("labels per class")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(runs, labels_per_class: int):
+    """Validation accuracy against step at ``labels_per_class``, one line per model (mean over seeds).
+
+    ``runs``: the rows of ``ftlab.transfer.compare_pretrained`` (a DataFrame or a list of dicts),
+    each with ``model``, ``labels_per_class`` and ``curve = [(step, accuracy), ...]``.
+    """
+    import pandas as pd
+
+    runs = pd.DataFrame(runs)
+    runs = runs[runs.labels_per_class == labels_per_class]
+    if runs.empty:
+        raise ValueError(f"no runs with labels_per_class={labels_per_class}")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for model_name, group in runs.groupby("model", sort=False):
+        curves = [dict(curve) for curve in group.curve]  # {step: accuracy} per seed
+        steps = sorted(curves[0])
+        mean = [100 * sum(c[s] for c in curves) / len(curves) for s in steps]
+        ax.plot(steps, mean, marker="o", label=f"{model_name} (mean of {len(curves)} seed{'s' * (len(curves) > 1)})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{labels_per_class} label{'s' * (labels_per_class > 1)} per class")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_weight_histogram_with_codes(values, codes: dict, bins: int = 121):
+    """Histogram of block-normalised weights (in [-1, 1]) under each table of 4-bit levels, one panel per table.
+
+    ``values``: weights divided by their block's absmax (a tensor or array, any shape);
+    ``codes``: maps a table's name (e.g. "nf4") to its code values, drawn as vertical lines
+    (each distinct value once: FP4's +0 and -0 are one line).
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64).ravel()
+    fig, axes = plt.subplots(len(codes), 1, figsize=(7, 1.9 * len(codes)), sharex=True, squeeze=False)
+    for ax, (name, code) in zip(axes[:, 0], codes.items()):
+        levels = np.unique(np.asarray(code, dtype=np.float64))
+        ax.hist(values, bins=bins, range=(-1, 1), density=True, color="0.7")
+        for level in levels:
+            ax.axvline(level, color="C3", linewidth=1)
+        ax.set_ylabel("density")
+        ax.set_title(f"{name}: {len(levels)} distinct levels", fontsize=10)
+    axes[-1, 0].set_xlabel("weight / block absmax")
+    fig.tight_layout()
+    return fig
+
+
+def plot_quant_error(errors: dict[str, float], title: str = "relative quantisation error"):
+    """Bars of one error per quantisation type, e.g. ``{"nf4": 0.094, "fp4": 0.127, "int4": 0.115}``, labelled."""
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(errors), 3.2))
+    bars = ax.bar(list(errors), list(errors.values()), color=[f"C{i}" for i in range(len(errors))])
+    ax.bar_label(bars, fmt="%.4f", fontsize=9)
+    ax.set_ylabel("||W - W_q|| / ||W||")
+    ax.set_title(title, fontsize=10)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def plot_singular_values(deltas: dict, top: int | None = None):
+    """Singular values of each weight change, largest first, on a log y axis: ``deltas`` maps a label to a 2-D tensor.
+
+    A matrix of rank k has k non-zero singular values; the curve then drops by many orders of
+    magnitude (to rounding noise), which is where its rank shows. ``top`` plots only the first values.
+    """
+    import torch
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, delta in deltas.items():
+        delta = torch.as_tensor(delta).detach().double()
+        if delta.dim() != 2:
+            raise ValueError(f"deltas[{label!r}] must be a 2-D matrix, got shape {tuple(delta.shape)}")
+        s = torch.linalg.svdvals(delta)
+        s = (s / s[0] if s[0] > 0 else s)[:top]  # relative to the largest, so changes of any scale compare
+        ax.plot(range(1, len(s) + 1), s.clamp_min(1e-18).numpy(), label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("index i")
+    ax.set_ylabel("singular value s_i / s_1")
+    ax.set_title("spectrum of delta W")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", label: str = "method"):
+    """One labelled point per row of ``df`` (e.g. ``ftlab.compare.compare``'s table): trainable parameters
+    (log x axis, since methods differ by orders of magnitude) against accuracy in percent."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, row in enumerate(df.to_dict("records")):
+        px, py = row[x], 100 * row[y]
+        ax.scatter([px], [py], color=f"C{i % 10}")
+        ax.annotate(str(row[label]), (px, py), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{x} parameters (log scale)")
+    ax.set_ylabel(f"{y} (%)")
+    ax.margins(x=0.15, y=0.12)
+    fig.tight_layout()
+    return fig
+
+
+def plot_abs_matrix(matrix, title: str = "|delta W|"):
+    """An image of the absolute values of a 2-D matrix (e.g. a weight change), with a colour bar: block structure shows."""
+    import torch
+
+    matrix = torch.as_tensor(matrix).detach().double()
+    if matrix.dim() != 2:
+        raise ValueError(f"plot_abs_matrix needs a 2-D matrix, got shape {tuple(matrix.shape)}")
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    image = ax.imshow(matrix.abs().numpy(), cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_xlabel("input feature")
+    ax.set_ylabel("output feature")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rank_sweep(df, highlight: int | None = None):
+    """Two panels from ``ftlab.compare.rank_sweep``'s table: trainable parameters against r, and test accuracy
+    (percent) against trainable parameters, each point labelled with its r. ``highlight`` marks row
+    ``highlight`` (e.g. the run a widget just added) in red."""
+    rows = df.to_dict("records")
+    fig, (ax_params, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_params.plot([row["r"] for row in rows], [row["trainable"] for row in rows], "o-")
+    ax_params.set_xscale("log", base=2)
+    ax_params.set_xlabel("rank r (log scale)")
+    ax_params.set_ylabel("trainable parameters")
+    ax_params.set_title("parameters grow linearly in r")
+    for i, row in enumerate(rows):
+        color = "C3" if i == highlight else "C0"
+        ax_acc.scatter([row["trainable"]], [100 * row["test accuracy"]], color=color)
+        ax_acc.annotate(f"r={row['r']}, alpha={row['alpha']:g}", (row["trainable"], 100 * row["test accuracy"]),
+                        textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
+    ax_acc.set_xscale("log")
+    ax_acc.set_xlabel("trainable parameters (log scale)")
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.set_title("accuracy against parameters")
+    ax_acc.margins(x=0.2, y=0.15)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,142 @@
+"""Plot functions return Figures whose axes and lines hold the data they were given."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch.utils.data import TensorDataset
+
+from ftlab.viz import (plot_accuracy_vs_labels, plot_curves, plot_images, plot_quant_error,
+                       plot_weight_histogram_with_codes)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_plot_images_draws_n_labelled_images_and_leaves_the_rest_of_the_grid_empty():
+    x = torch.linspace(-1, 1, 7 * 3 * 8 * 8).reshape(7, 3, 8, 8)
+    dataset = TensorDataset(x, torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+    fig = plot_images(dataset, n=7, classes=["a", "b", "c"], ncols=4)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 8  # a 2 x 4 grid
+    drawn = [ax for ax in fig.axes if ax.images]
+    assert len(drawn) == 7
+    assert [ax.get_title() for ax in drawn] == ["a", "b", "c", "a", "b", "c", "a"]
+    shown = drawn[0].images[0].get_array()
+    assert shown.shape == (8, 8, 3) and shown.min() >= 0 and shown.max() <= 1  # un-normalised to [0, 1]
+
+
+def test_plot_images_rejects_more_images_than_the_dataset_has():
+    dataset = TensorDataset(torch.zeros(3, 3, 8, 8), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="between 1 and the dataset's 3 images"):
+        plot_images(dataset, n=4)
+
+
+SUMMARY = pd.DataFrame({"test_glyphs": [0.5, 0.8], "test_scratch": [0.2, 0.6],
+                        "test_shifted_glyphs": [0.4, 0.6], "test_shifted_scratch": [0.1, 0.4]},
+                       index=pd.Index([1, 5], name="labels_per_class"))
+
+
+def test_plot_accuracy_vs_labels_draws_test_and_shifted_lines_for_both_models_in_percent():
+    fig = plot_accuracy_vs_labels(SUMMARY)
+    (ax,) = fig.axes
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines == {"glyphs: test": [50, 80], "glyphs: shifted test": [40, 60],
+                     "scratch: test": [20, 60], "scratch: shifted test": [10, 40]}
+    assert list(ax.get_lines()[0].get_xdata()) == [1, 5]
+    assert len(plot_accuracy_vs_labels(SUMMARY, shifted=False).axes[0].get_lines()) == 2
+
+
+def test_plot_curves_averages_the_seeds_of_each_model_at_one_label_count():
+    runs = [
+        {"model": "glyphs", "labels_per_class": 5, "curve": [(5, 0.6), (10, 0.8)]},
+        {"model": "glyphs", "labels_per_class": 5, "curve": [(5, 0.4), (10, 0.6)]},
+        {"model": "scratch", "labels_per_class": 5, "curve": [(5, 0.1), (10, 0.3)]},
+        {"model": "scratch", "labels_per_class": 1, "curve": [(5, 0.9), (10, 0.9)]},
+    ]
+    (ax,) = plot_curves(runs, labels_per_class=5).axes
+    glyphs, scratch = ax.get_lines()
+    assert list(glyphs.get_xdata()) == [5, 10]
+    assert list(glyphs.get_ydata()) == pytest.approx([50, 70])
+    assert list(scratch.get_ydata()) == pytest.approx([10, 30])  # the 1-label run is not mixed in
+    assert glyphs.get_label().startswith("glyphs (mean of 2 seeds")
+    with pytest.raises(ValueError, match="labels_per_class=20"):
+        plot_curves(runs, labels_per_class=20)
+
+
+def test_weight_histogram_draws_one_panel_per_code_table_with_a_line_per_distinct_level():
+    values = torch.linspace(-1, 1, 201)
+    codes = {"a": torch.tensor([-1.0, 0.0, 0.0, 1.0]), "b": torch.tensor([-0.5, 0.5])}  # "a" repeats 0 (like FP4's +-0)
+    fig = plot_weight_histogram_with_codes(values, codes, bins=20)
+    ax_a, ax_b = fig.axes
+    assert [ax_a.get_title(), ax_b.get_title()] == ["a: 3 distinct levels", "b: 2 distinct levels"]
+    assert sorted(line.get_xdata()[0] for line in ax_a.get_lines()) == [-1.0, 0.0, 1.0]
+    assert sorted(line.get_xdata()[0] for line in ax_b.get_lines()) == [-0.5, 0.5]
+    heights = [patch.get_height() for patch in ax_a.patches]
+    assert len(heights) == 20 and sum(h * 0.1 for h in heights) == pytest.approx(1.0)  # a density over [-1, 1]
+
+
+def test_quant_error_bars_have_one_labelled_bar_per_type_in_order():
+    errors = {"nf4": 0.094, "fp4": 0.127, "int4": 0.115}
+    (ax,) = plot_quant_error(errors).axes
+    assert [patch.get_height() for patch in ax.patches] == pytest.approx([0.094, 0.127, 0.115])
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["nf4", "fp4", "int4"]
+    assert [text.get_text() for text in ax.texts] == ["0.0940", "0.1270", "0.1150"]
+
+
+def test_plot_singular_values_draws_each_spectrum_relative_to_its_largest_value():
+    import numpy as np
+
+    from ftlab.viz import plot_singular_values
+
+    rank_two = torch.diag(torch.tensor([4.0, 2.0, 0.0]))
+    (ax,) = plot_singular_values({"rank 2": rank_two, "identity": torch.eye(3)}).axes
+    first, second = ax.get_lines()
+    assert first.get_label() == "rank 2" and ax.get_yscale() == "log"
+    assert list(first.get_xdata()) == [1, 2, 3]
+    assert np.allclose(first.get_ydata()[:2], [1.0, 0.5]) and first.get_ydata()[2] < 1e-15  # rank shows as a drop
+    assert np.allclose(second.get_ydata(), [1, 1, 1])
+    assert len(plot_singular_values({"a": torch.eye(5)}, top=2).axes[0].get_lines()[0].get_xdata()) == 2
+    with pytest.raises(ValueError, match="2-D matrix"):
+        plot_singular_values({"v": torch.ones(3)})
+
+
+def test_plot_params_vs_accuracy_puts_labelled_points_on_a_log_axis_in_percent():
+    from ftlab.viz import plot_params_vs_accuracy
+
+    df = pd.DataFrame({"method": ["lora", "ia3"], "trainable": [74498, 16898], "test accuracy": [0.9, 0.5]})
+    (ax,) = plot_params_vs_accuracy(df).axes
+    assert ax.get_xscale() == "log"
+    points = [tuple(c.get_offsets()[0]) for c in ax.collections]
+    assert points == [(74498, 90.0), (16898, 50.0)]
+    assert [t.get_text() for t in ax.texts] == ["lora", "ia3"]
+
+
+def test_plot_abs_matrix_shows_absolute_values_and_rejects_vectors():
+    from ftlab.viz import plot_abs_matrix
+
+    fig = plot_abs_matrix(torch.tensor([[-1.0, 2.0], [3.0, -4.0]]))
+    assert fig.axes[0].images[0].get_array().tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(ValueError, match="2-D matrix"):
+        plot_abs_matrix(torch.ones(3))
+
+
+def test_rank_sweep_plot_shows_parameters_per_rank_and_accuracy_per_parameter_count():
+    from ftlab.viz import plot_rank_sweep
+
+    df = pd.DataFrame({"r": [1, 4, 16], "alpha": [2, 8, 32], "trainable": [100, 400, 1600],
+                       "test accuracy": [0.5, 0.75, 0.9]})
+    ax_params, ax_acc = plot_rank_sweep(df, highlight=2).axes
+    (line,) = ax_params.get_lines()
+    assert list(line.get_xdata()) == [1, 4, 16] and list(line.get_ydata()) == [100, 400, 1600]
+    points = [tuple(c.get_offsets()[0]) for c in ax_acc.collections]
+    assert points == [(100, 50), (400, 75), (1600, 90)]
+    assert [t.get_text() for t in ax_acc.texts] == ["r=1, alpha=2", "r=4, alpha=8", "r=16, alpha=32"]
+    assert ax_acc.texts[2].get_color() == "C3" and ax_acc.texts[0].get_color() == "C0"
