@@ -265,3 +265,14 @@ def test_merge_and_unload_gives_the_original_classes_and_the_adapted_output():
     assert [type(m) for m in plain.modules()] == [type(m) for m in base.modules()]
     assert list(plain.state_dict()) == list(base.state_dict())
     assert (gpt2_logits(plain) - adapted).abs().max() < 1e-12
+
+
+def test_injected_layers_keep_the_model_in_eval_mode(tiny_gpt2):
+    import ftlab
+
+    model = tiny_gpt2.eval()
+    ftlab.apply(model, "lora", r=2, lora_dropout=0.5)
+    assert not any(m.training for m in model.modules())
+    model.train()
+    ftlab.add_adapter(model, "second", r=2, lora_dropout=0.5)
+    assert all(m.training for m in model.modules())

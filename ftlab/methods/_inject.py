@@ -443,9 +443,12 @@ def inject(model: nn.Module, layer_class: type[Tuned], targets: list[str] | str 
     active = active_adapter(model) or adapter_name
     for name, module, cls, layer_opts in plan:
         if not isinstance(module, Tuned):
+            training = module.training
             module = cls(module)
+            module.train(training)  # a new wrapper would start in train mode: keep the model's mode
             replace_module(model, name, module)
         module.add_adapter(adapter_name, **layer_opts)
+        module.train(module.base_layer.training)  # new dropout layers follow the base layer's mode
         module.active_adapter = active
     _make_trainable(model)
     return model
