@@ -341,8 +341,8 @@ def storage_curve(cost: dict, num_tasks: Iterable[int] = range(1, 51)) -> pd.Dat
     n = cost["num_tasks"]
     head = sum(cost["heads"].values()) / n
     adapter = sum(cost["adapters"].values()) / n
-    rows = [{"num_tasks": k, "full_copies": k * (cost["base"] + head), "base_plus_adapters": cost["base"] + k * (adapter + head)}
-            for k in num_tasks]
+    rows = [{"num_tasks": k, "full_copies": k * (cost["base"] + head),
+             "base_plus_adapters": cost["base"] + k * (adapter + head)} for k in num_tasks]
     return pd.DataFrame(rows)
 
 
@@ -365,16 +365,17 @@ def image_tasks(digits_per_class: int = 10, cells_train: int = 1000, seed: int =
 
 
 def compare_sampling(tasks: dict[str, dict] | None = None, *, num_steps: int = 80, lr: float = 1e-3,
-                     batch_size: int = 32, T: float = 2.0, samplings=("proportional", "temperature"),
+                     batch_size: int = 32, T: float = 3.0, samplings=("proportional", "temperature"),
                      seed: int = 0, progress: bool = False) -> pd.DataFrame:
     """Single-task fine-tuning against multi-task training with each sampler, on the glyph ResNet-18.
 
     ``tasks``: ``image_tasks()`` by default. Each task alone gets ``num_steps`` steps (one model
     per task); each multi-task model gets the same total, ``num_steps * len(tasks)`` steps, with
     batches drawn by the sampler. Every run uses fit's schedule with a warm-up over the first
-    10% of its steps and a cosine decay, so final accuracies are not the noise of a constant rate. Returns one row per (``training``, ``task``): ``accuracy`` on
-    the task's test set, ``share`` (the sampler's probability of the task; 1 for single-task)
-    and ``batches`` (how many of the task's batches the model trained on).
+    10% of its steps and a cosine decay, so final accuracies are not the noise of a constant rate.
+    Returns one row per (``training``, ``task``): ``accuracy`` on the task's test set, ``share``
+    (the sampler's probability of the task; 1 for single-task) and ``batches`` (how many of the
+    task's batches the model trained on).
     """
     from ftlab.tasks.images import image_loader
     from ftlab.zoo import load_resnet

@@ -192,7 +192,7 @@ def test_lwf_loss_is_cross_entropy_plus_alpha_times_the_kl_to_the_old_model(sett
         model.weight.mul_(1.5).add_(0.1)  # the new model has moved away from the old one
     x, y = next(iter(tasks[2].train))
     z, z_old = model(x), F.linear(x, *old)
-    allowed = torch.tensor([0, 0, 0, 0, 1, 1], dtype=torch.bool) if setting == "task" else torch.ones(6, dtype=torch.bool)
+    allowed = torch.tensor([0, 0, 0, 0, 1, 1] if setting == "task" else [1] * 6, dtype=torch.bool)
     expected = F.cross_entropy(z.masked_fill(~allowed, float("-inf")), y)
     groups = [[0, 1], [2, 3]] if setting == "task" else [[0, 1, 2, 3]]  # one softmax per old head, or all old classes
     for g in groups:
@@ -329,3 +329,12 @@ def test_an_unknown_task_id_raises_and_leaves_the_adapter_model_untouched(untouc
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         model(**next(iter(Tagged(tasks[0].train, "nope"))))
     check()
+
+
+def test_compare_strategies_rejects_an_unknown_sequence_or_setting_before_loading_anything():
+    from ftlab.continual import compare_strategies
+
+    with pytest.raises(ValueError, match="sequence must be one of"):
+        compare_strategies("letters")
+    with pytest.raises(ValueError, match="setting must be one of"):
+        compare_strategies("digits", "domain")

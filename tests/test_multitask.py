@@ -237,6 +237,6 @@ def test_compare_sampling_runs_every_training_on_small_tasks():
         return {"train": loader.dataset, "test": loader.dataset, "num_classes": num_classes}
 
     table = compare_sampling({"big": small(3, 0), "tiny": small(2, 1)}, num_steps=1, batch_size=4)
-    assert list(table.training.unique()) == ["single-task", "multi-task, proportional", "multi-task, temperature T=2"]
+    assert list(table.training.unique()) == ["single-task", "multi-task, proportional", "multi-task, temperature T=3"]
     multi = table[table.training == "multi-task, proportional"]
     assert multi.share.sum() == pytest.approx(1.0) and multi.batches.sum() == 2

@@ -365,15 +365,16 @@ def train_sft(model: nn.Module, tokenizer, examples: Sequence[dict], *, num_step
     return fit(model, data, num_steps=num_steps, lr=lr, **fit_options)
 
 
-def sft_experiment(method: str = "full", *, model_name: str = "tiny", num_steps: int | None = None, lr: float | None = None,
-                   batch_size: int = 16, num_test: int | None = None, seed: int = 0, progress: bool = True,
-                   **method_options) -> dict:
+def sft_experiment(method: str = "full", *, model_name: str = "tiny", num_steps: int | None = None,
+                   lr: float | None = None, batch_size: int = 32, num_train: int | None = None,
+                   num_test: int | None = None, seed: int = 0, progress: bool = True, **method_options) -> dict:
     """Instruction-tune the shipped tiny GPT-2 and measure exact match on held-out instructions.
 
-    Loads ``ftlab.zoo.load_gpt2(model_name)``, the instructions of ``ftlab.tasks.instructions``, applies
-    ``method`` (``"full"`` trains every weight), trains, and measures greedy exact match on the
-    test split before and after. Returns ``{"model", "tokenizer", "history", "before", "after",
-    "seconds"}`` (``before``/``after``: exact match per kind and ``"all"``).
+    Loads ``ftlab.zoo.load_gpt2(model_name)`` and ``ftlab.tasks.instructions.make_instructions``
+    (``num_train`` training examples when given, else the task's default), applies ``method``
+    (``"full"`` trains every weight), trains, and measures greedy exact match on the test split
+    before and after. Returns ``{"model", "tokenizer", "history", "before", "after", "seconds"}``
+    (``before``/``after``: exact match per kind and ``"all"``).
     """
     from ftlab.methods import apply
     from ftlab.tasks.instructions import make_instructions
@@ -381,15 +382,14 @@ def sft_experiment(method: str = "full", *, model_name: str = "tiny", num_steps:
 
     seed_everything(seed)
     model, tokenizer = load_gpt2(model_name)
-    data = make_instructions(seed)
+    data = make_instructions(seed, sizes={"train": num_train} if num_train else None)
     test = data["test"][:num_test or pick(len(data["test"]), 48)]
     before = evaluate_exact_match(model, tokenizer, test)
     model = apply(model, method, **method_options)  # prompt and prefix tuning return a wrapper
     lr = lr or (1e-3 if method == "full" else 3e-3)
     start = time.time()
-    history = train_sft(model, tokenizer, data["train"], num_steps=num_steps or pick(300, 20), lr=lr,
-                        batch_size=batch_size, seed=seed, warmup_steps=pick(30, 2),
-                        progress=progress)
+    history = train_sft(model, tokenizer, data["train"], num_steps=num_steps or pick(600, 20), lr=lr,
+                        batch_size=batch_size, seed=seed, warmup_steps=pick(30, 2), progress=progress)
     seconds = time.time() - start
     after = evaluate_exact_match(model, tokenizer, test)
     return {"model": model.eval(), "tokenizer": tokenizer, "history": history, "before": before, "after": after,
