@@ -11,9 +11,9 @@ token-level labels (causal language modelling) P times -100, so the virtual posi
 never predicted. The logits of the virtual positions are dropped: the output lines up
 with ``input_ids`` as the base model's does (peft returns them; its loss is the same).
 
-Initialisation (peft's ``PromptTuningInit``): ``"RANDOM"`` (nn.Embedding's N(0, 1), far from
-real token embeddings), ``"SAMPLE_VOCAB"`` (embeddings of random vocabulary tokens) or
-``"TEXT"`` (the embeddings of a tokenised text, repeated or cut to P tokens).
+Initialisation (peft's ``PromptTuningInit``): ``"RANDOM"`` (N(0, 1) entries, as peft's
+nn.Embedding: far from real token embeddings), ``"SAMPLE_VOCAB"`` (embeddings of random
+vocabulary tokens) or ``"TEXT"`` (the embeddings of a tokenised text, repeated or cut to P tokens).
 """
 from __future__ import annotations
 
