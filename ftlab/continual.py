@@ -138,6 +138,7 @@ class _Masked(nn.Module):
     def __init__(self, model: nn.Module, allowed: torch.Tensor):
         super().__init__()
         self.model, self.allowed = model, allowed
+        self.train(model.training)  # so that evaluate() puts the model back in the mode it found it in
 
     def forward(self, *args, labels=None, **inputs) -> torch.Tensor:
         out = self.model(*args, **inputs)
