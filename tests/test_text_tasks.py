@@ -37,13 +37,45 @@ def test_corpus_splits_share_no_document():
     assert not train & validation and not train & test and not validation & test
 
 
-def test_corpus_has_a_few_thousand_words_in_stories_and_dialogues():
+def test_corpus_has_a_few_thousand_words_in_stories_dialogues_and_lessons():
     assert len(corpus.vocabulary()) >= 2000
     docs = corpus.make_corpus(0, SMALL)["train"]
-    dialogues = [d for d in docs if re.match(r"^[A-Z][a-z]+: ", d)]
-    assert 0.15 < len(dialogues) / len(docs) < 0.45
+    lessons = [d for d in docs if "Let us play some word games." in d.split("\n")[0]]
+    dialogues = [d for d in docs if re.match(r"^[A-Z][a-z]+: ", d) and d not in lessons]
+    assert 0.1 < len(lessons) / len(docs) < 0.3 and 0.2 < len(dialogues) / len(docs) < 0.4
     used = set().union(*(words(d) for d in docs))
     assert len(used & {w.lower() for w in corpus.vocabulary()}) > 1000
+
+
+def test_lesson_answers_are_right():
+    rng = random.Random(0)
+    checked = collections.Counter()
+    for _ in range(200):
+        lines = [line.split(": ", 1)[1] for line in corpus.make_lesson(rng).split("\n")]
+        said = None
+        for question, answer in zip(lines, lines[1:]):
+            if question.startswith("Say these words after me: "):
+                said = question.removeprefix("Say these words after me: ").rstrip(".").split()
+                assert answer == " ".join(said) + "."
+            elif question == "Now say them backwards.":
+                assert answer == " ".join(said[::-1]) + "."
+            elif question == "Which word did I say last?":
+                assert answer == f"You said {said[-1]} last."
+            elif question == "How many words was that?":
+                assert answer == f"That was {corpus.NUMBERS[len(said) - 1]} words."
+            elif question.startswith("I see one "):
+                noun = question.split()[3].rstrip(".")
+                assert answer == f"Then you see two {corpus.plural(noun)}."
+            elif question.startswith("Today I "):
+                assert answer == f"Yesterday you {corpus.past(question.split()[2].rstrip('.'))}."
+            elif "Who has the" in question:
+                thing = question.split()[-1].rstrip("?")
+                owner = re.search(rf"(\w+) has an? \w+ {thing}\b", question).group(1)
+                assert answer == f"{owner} has the {thing}."
+            else:
+                continue
+            checked[question.split()[0]] += 1
+    assert len(checked) >= 5
 
 
 def test_dialogue_answers_match_their_questions():

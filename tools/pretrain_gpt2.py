@@ -1,6 +1,6 @@
 """Pretrain the shipped tiny GPT-2 (data/gpt2_tiny/) on the synthetic corpus, deterministically.
 
-    python tools/pretrain_gpt2.py                 # regenerates data/gpt2_tiny/ (about 15 minutes on 2 cores)
+    python tools/pretrain_gpt2.py                 # regenerates data/gpt2_tiny/ (about 15 minutes on 2 free cores)
     python tools/pretrain_gpt2.py --out /tmp/g --num-steps 50
 
 Steps: generate the corpus (ftlab.tasks.corpus), train a byte-level BPE tokenizer on the
@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 CHECK_DOCS = 32  # the fixed validation slice whose perplexity tests/test_zoo_gpt2.py recomputes
 
-DEFAULTS = dict(vocab_size=3072, n_layer=4, n_embd=256, n_head=4, n_positions=256, num_steps=500,
-                batch_size=16, lr=2e-3, warmup_steps=60, seed=0,
-                corpus_sizes={"train": 20000, "validation": 500, "test": 500})
+DEFAULTS = dict(vocab_size=3072, n_layer=4, n_embd=256, n_head=4, n_positions=256, num_steps=1500,
+                batch_size=16, lr=2e-3, warmup_steps=100, seed=0,
+                corpus_sizes={"train": 30000, "validation": 500, "test": 500})
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -127,7 +127,8 @@ vocabulary {s['vocab_size']}, no dropout: {m['parameters']:,d} parameters (embed
 layer tied). Weights stored as float16 safetensors.
 
 - **Data**: `ftlab.tasks.corpus.make_corpus(seed={s['seed']}, sizes={s['corpus_sizes']})`:
-  short stories and dialogues from a grammar with about 2,300 word forms. Splits share no document.
+  stories, dialogues and word-game lessons from a grammar with about 2,300 word forms. Splits share
+  no document.
 - **Tokenizer**: byte-level BPE (`tokenizers`), {s['vocab_size']} tokens, trained on the training
   split; `<|endoftext|>` is bos and eos, `<|pad|>` pads. A document is `<|endoftext|> text <|endoftext|>`.
 - **Training**: `ftlab.train.fit`, AdamW (lr {s['lr']}, weight decay 0.01), {s['warmup_steps']} warm-up

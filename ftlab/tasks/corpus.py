@@ -10,16 +10,22 @@ Vocabulary (a few thousand distinct words, built combinatorially from word lists
   listed; regular ones follow the spelling rules in ``plural``, ``third_person``, ``past``,
   ``present_participle`` and ``comparative``, which the instruction task reuses.
 
-Documents come in two kinds:
+Documents come in three kinds (half stories, 30% dialogues, 20% lessons):
 
 * a **story** (past tense, 8 to 14 sentences): a character, a friend, an object and places,
   with quoted speech, e.g. ``Once upon a time, there was a brave fox named Mara. ... "Look at my
   red kite!" said Mara. ...``;
 * a **dialogue** (present tense, ``Name: line`` turns separated by newlines), e.g.
-  ``Tolo: What color is your kite?`` / ``Mara: My kite is red.``
+  ``Tolo: What color is your kite?`` / ``Mara: My kite is red.``;
+* a **lesson**, a dialogue in which a teacher and a pupil play word games: repeat words, say them
+  backwards, name the last word, count them, plurals, past tenses, who has which object, e.g.
+  ``Mara: Say these words after me: red fox cup.`` / ``Tolo: red fox cup.`` /
+  ``Mara: Now say them backwards.`` / ``Tolo: cup fox red.``
 
 Facts stay consistent within a document (the colour asked about is the colour given, the object
-that gets lost is the one found earlier), so there is more to learn than word frequencies.
+that gets lost is the one found earlier), so there is more to learn than word frequencies. The
+lessons plant the skills that ``ftlab.tasks.instructions`` later asks for in another format, as
+web text plants them in a real language model before instruction tuning.
 
 Splits: ``make_corpus`` draws documents from one seeded stream, drops repeats, and deals them to
 train, validation and test in turn, so the three splits share no document.
@@ -340,12 +346,64 @@ def make_dialogue(rng: random.Random) -> str:
     return use_an("\n".join(turn.format(**f) for turn in turns))
 
 
-def make_document(rng: random.Random, p_story: float = 0.7) -> str:
-    """A story with probability ``p_story``, else a dialogue."""
-    return make_story(rng) if rng.random() < p_story else make_dialogue(rng)
+# ---------------------------------------------------------------- lessons
+GAME_WORDS = sorted(set(COLORS + ANIMALS + OBJECTS + FOODS + THING_ADJECTIVES))
 
 
-SPLIT_SIZES = {"train": 20000, "validation": 500, "test": 500}
+def _word_game(rng: random.Random, a: str, b: str) -> list[str]:
+    words = rng.sample(GAME_WORDS, rng.randint(2, 6))
+    turns = [f"{a}: Say these words after me: {' '.join(words)}.", f"{b}: {' '.join(words)}."]
+    follow_ups = [
+        [f"{a}: Now say them backwards.", f"{b}: {' '.join(words[::-1])}."],
+        [f"{a}: Which word did I say last?", f"{b}: You said {words[-1]} last."],
+        [f"{a}: How many words was that?", f"{b}: That was {NUMBERS[len(words) - 1]} words."],
+    ]
+    for pair in rng.sample(follow_ups, rng.randint(1, 2)):
+        turns += pair
+    return turns
+
+
+def _plural_game(rng: random.Random, a: str, b: str) -> list[str]:
+    noun = rng.choice(ANIMALS + OBJECTS + FOODS + PLACES)
+    return [f"{a}: I see one {noun}. What if there are two?", f"{b}: Then you see two {plural(noun)}."]
+
+
+def _past_game(rng: random.Random, a: str, b: str) -> list[str]:
+    verb = rng.choice(ACTIVITIES + THING_ACTIONS + FOOD_ACTIONS)
+    return [f"{a}: Today I {verb}. What about yesterday?", f"{b}: Yesterday you {past(verb)}."]
+
+
+def _owner_game(rng: random.Random, a: str, b: str) -> list[str]:
+    (c, _), (d, _) = rng.sample(NAMES, 2)
+    things, colors = rng.sample(OBJECTS, 2), rng.sample(COLORS, 2)
+    k, j = rng.randint(0, 1), rng.randint(0, 1)
+    return [f"{a}: {c} has a {colors[0]} {things[0]} and {d} has a {colors[1]} {things[1]}. "
+            f"Who has the {things[k]}?", f"{b}: {(c, d)[k]} has the {things[k]}.",
+            f"{a}: What color is the {things[j]}?", f"{b}: The {things[j]} is {colors[j]}."]
+
+
+LESSON_GAMES = [_word_game, _plural_game, _past_game, _owner_game]
+
+
+def make_lesson(rng: random.Random) -> str:
+    """One lesson: a teacher and a pupil play two or three word games, then say goodbye."""
+    (a, _), (b, _) = rng.sample(NAMES, 2)
+    turns = [f"{a}: Good {rng.choice(TIMES[:3])}, {b}! Let us play some word games.", f"{b}: Yes, please!"]
+    for game in rng.choices(LESSON_GAMES, k=rng.randint(2, 3)):
+        turns += game(rng, a, b)
+    turns += [f"{a}: Well done, {b}!", f"{b}: Thank you, {a}!"]
+    return use_an("\n".join(turns))
+
+
+def make_document(rng: random.Random, p_story: float = 0.5, p_dialogue: float = 0.3) -> str:
+    """A story with probability ``p_story``, a dialogue with ``p_dialogue``, else a lesson."""
+    r = rng.random()
+    if r < p_story:
+        return make_story(rng)
+    return make_dialogue(rng) if r < p_story + p_dialogue else make_lesson(rng)
+
+
+SPLIT_SIZES = {"train": 30000, "validation": 500, "test": 500}
 
 
 def make_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, list[str]]:

@@ -35,9 +35,8 @@ from __future__ import annotations
 import random
 from typing import Callable, Sequence
 
-from ftlab.tasks.corpus import (ACTIVITIES, ANIMALS, COLORS, FOOD_ACTIONS, FOODS, NAMES, NUMBERS, OBJECTS,
-                                PLACES, THING_ACTIONS, THING_ADJECTIVES, past, plural, present_participle,
-                                use_an)
+from ftlab.tasks.corpus import (ACTIVITIES, ANIMALS, COLORS, FOOD_ACTIONS, FOODS, GAME_WORDS, NAMES, NUMBERS,
+                                OBJECTS, PLACES, THING_ACTIONS, past, plural, present_participle, use_an)
 
 PROMPT = "Question: {instruction}\nAnswer:"
 SPLITS = ("train", "validation", "test")
@@ -57,11 +56,10 @@ def _three_ways(words: list[str]) -> dict[str, list[str]]:
 
 NOUN_SPLITS = _three_ways(NOUNS)
 VERB_SPLITS = _three_ways(VERBS)
-PHRASE_WORDS = sorted(set(COLORS + ANIMALS + OBJECTS + FOODS + THING_ADJECTIVES))
 
 
 def _phrase(rng: random.Random, low: int, high: int) -> list[str]:
-    return rng.sample(PHRASE_WORDS, rng.randint(low, high))
+    return rng.sample(GAME_WORDS, rng.randint(low, high))
 
 
 def _copy(rng, split):
