@@ -114,3 +114,15 @@ def test_identical_chosen_and_rejected_is_an_error(tiny_gpt2_chat, untouched):
     with pytest.raises(ValueError, match="identical chosen and rejected"):
         train_dpo(model, tokenizer, bad, reference=frozen_copy(model), num_steps=2, progress=False)
     check()
+
+
+def test_dpo_experiment_runs_on_the_shipped_model():
+    from ftlab.align.dpo import dpo_experiment
+    from ftlab.align.reward import RewardModel
+    from ftlab.zoo import load_gpt2
+
+    model, tokenizer = load_gpt2()
+    result = dpo_experiment(model, tokenizer, RewardModel.from_causal_lm(model), num_steps=2, batch_size=4,
+                            num_test=6, progress=False)
+    assert result["before"]["accuracy"] == 0.5 and len(result["history"]["loss"]) == 2
+    assert result["win"]["win_rate"] == 0.5  # a reward model with a zero head scores every response 0: all ties

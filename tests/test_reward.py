@@ -121,3 +121,11 @@ def test_identical_pair_is_an_error_before_training(tiny_gpt2_chat, untouched):
     with pytest.raises(ValueError, match="pair 4 has identical chosen and rejected"):
         train_reward_model(reward_model, tokenizer, pairs, num_steps=2, progress=False)
     check()
+
+
+def test_reward_experiment_runs_on_the_shipped_model():
+    from ftlab.align.reward import reward_experiment
+
+    result = reward_experiment(num_steps=2, batch_size=4, num_test=9, progress=False)
+    assert result["before"] == 0.5 and 0 <= result["after"] <= 1
+    assert set(result["by_kind"]) == {"correct", "grammar", "polite"}

@@ -176,3 +176,14 @@ def test_bad_ppo_settings_are_errors(rlhf_models, untouched):
         ppo_train(policy, reward_model, tokenizer, ["  "], reference=frozen_copy(policy), num_iterations=1,
                   device="cpu")
     check()
+
+
+def test_ppo_experiment_runs_on_the_shipped_model():
+    from ftlab.align.rlhf import ppo_experiment
+    from ftlab.zoo import load_gpt2
+
+    model, tokenizer = load_gpt2()
+    result = ppo_experiment(model, tokenizer, RewardModel.from_causal_lm(model), method="lora", num_iterations=2,
+                            num_eval=4, batch_size=4, minibatch_size=4, max_new_tokens=4, progress=False)
+    assert result["history"]["iteration"] == [1, 2] and result["history"]["eval_iteration"] == [0, 2]
+    assert len(result["samples"]) == 4

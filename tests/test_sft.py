@@ -8,8 +8,8 @@ from torch import nn
 
 import ftlab
 from ftlab.align.sft import (as_reference, check_reference, collate, encode, format_example, frozen_copy, generate,
-                             generate_ids, preference_loader, response_logprobs, sft_loader, token_logprobs,
-                             train_sft)
+                             generate_ids, mixed_demonstrations, preference_loader, response_logprobs, sft_loader,
+                             token_logprobs, train_sft)
 
 EXAMPLES = [
     {"prompt": "Question: what is the plural of fox?\nAnswer:", "answer": "foxes"},
@@ -254,3 +254,30 @@ def test_adapter_disabled_reference_needs_adapters(tiny_gpt2_chat):
     with pytest.raises(ValueError, match="has no adapters"):
         with as_reference(model, None):
             pass
+
+
+def test_mixed_demonstrations_answer_with_chosen_or_rejected_at_random():
+    pairs = [{"prompt": f"p{i}", "chosen": f"good{i}", "rejected": f"bad{i}"} for i in range(200)]
+    demos = mixed_demonstrations(pairs, seed=0)
+    assert [d["prompt"] for d in demos] == [p["prompt"] for p in pairs]
+    good = sum(d["answer"].startswith("good") for d in demos)
+    assert all(d["answer"] in (p["chosen"], p["rejected"]) for d, p in zip(demos, pairs))
+    assert 70 < good < 130 and demos == mixed_demonstrations(pairs, seed=0)
+
+
+def test_sft_experiment_runs_on_the_shipped_model():
+    from ftlab.align.sft import sft_experiment
+
+    result = sft_experiment("lora", num_steps=2, batch_size=4, num_test=8, progress=False, with_preferences=True)
+    assert len(result["history"]["loss"]) == 2
+    assert set(result["after"]) >= {"copy", "plural", "all"} and 0 <= result["after"]["all"] <= 1
+
+
+def test_max_positions_leaves_room_for_virtual_tokens(tiny_gpt2_chat):
+    from ftlab.align.sft import max_positions
+
+    model, _ = tiny_gpt2_chat
+    full = model.config.max_position_embeddings
+    assert max_positions(model) == full
+    wrapped = ftlab.apply(model, "prompt", num_virtual_tokens=5)
+    assert max_positions(wrapped) == full - 5

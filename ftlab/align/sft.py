@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
 import time
 from typing import Sequence
 
@@ -250,11 +251,12 @@ def as_reference(policy: nn.Module, reference: nn.Module | None = None):
 # ---------------------------------------------------------------- generation
 
 def max_positions(model: nn.Module) -> int:
-    """The model's context length (``n_positions``), also through an ftlab wrapper (prompt/prefix tuning)."""
+    """How many real tokens fit: the context length (``n_positions``) less a prompt/prefix wrapper's virtual tokens."""
+    virtual = getattr(model, "num_virtual_tokens", 0)  # prompt and prefix tuning take positions of the context
     for m in (model, getattr(model, "base_model", None)):
         config = getattr(m, "config", None)
         if config is not None:
-            return config.max_position_embeddings
+            return config.max_position_embeddings - virtual
     raise TypeError(f"cannot find the context length of a {type(model).__name__}: it has no transformers config")
 
 
@@ -365,31 +367,47 @@ def train_sft(model: nn.Module, tokenizer, examples: Sequence[dict], *, num_step
     return fit(model, data, num_steps=num_steps, lr=lr, **fit_options)
 
 
+def mixed_demonstrations(pairs: Sequence[dict], seed: int = 0) -> list[dict]:
+    """SFT examples ``{"prompt", "answer"}`` from preference pairs, answered well or badly at random.
+
+    Each pair gives one demonstration whose answer is its chosen or its rejected response with
+    probability 1/2 each: demonstrations of mixed quality, as dialogue collected from anywhere
+    would be. A model fine-tuned on them imitates both (polite and rude replies, sentences and
+    word salad), which is the behaviour a reward model, PPO and DPO then improve on.
+    """
+    rng = random.Random(seed)
+    return [{"prompt": p["prompt"], "answer": p["chosen"] if rng.random() < 0.5 else p["rejected"]} for p in pairs]
+
+
 def sft_experiment(method: str = "full", *, model_name: str = "tiny", num_steps: int | None = None,
-                   lr: float | None = None, batch_size: int = 32, num_train: int | None = None,
+                   lr: float | None = None, batch_size: int = 32, with_preferences: bool = False,
                    num_test: int | None = None, seed: int = 0, progress: bool = True, **method_options) -> dict:
     """Instruction-tune the shipped tiny GPT-2 and measure exact match on held-out instructions.
 
-    Loads ``ftlab.zoo.load_gpt2(model_name)`` and ``ftlab.tasks.instructions.make_instructions``
-    (``num_train`` training examples when given, else the task's default), applies ``method``
-    (``"full"`` trains every weight), trains, and measures greedy exact match on the test split
-    before and after. Returns ``{"model", "tokenizer", "history", "before", "after", "seconds"}``
+    Loads ``ftlab.zoo.load_gpt2(model_name)``, trains on the training split of
+    ``ftlab.tasks.instructions`` after ``ftlab.apply(model, method)`` (``"full"`` trains every
+    weight), and measures greedy exact match on the test split before and after.
+    ``with_preferences=True`` adds ``mixed_demonstrations`` of the training pairs of
+    ``ftlab.tasks.preferences``: the SFT model that the reward-model, PPO and DPO experiments
+    start from. Returns ``{"model", "tokenizer", "history", "before", "after", "seconds"}``
     (``before``/``after``: exact match per kind and ``"all"``).
     """
     from ftlab.methods import apply
     from ftlab.tasks.instructions import make_instructions
+    from ftlab.tasks.preferences import make_preferences
     from ftlab.zoo import load_gpt2
 
     seed_everything(seed)
     model, tokenizer = load_gpt2(model_name)
-    data = make_instructions(seed, sizes={"train": num_train} if num_train else None)
+    data = make_instructions(seed)
+    train = data["train"] + (mixed_demonstrations(make_preferences(seed)["train"], seed) if with_preferences else [])
     test = data["test"][:num_test or pick(len(data["test"]), 48)]
     before = evaluate_exact_match(model, tokenizer, test)
     model = apply(model, method, **method_options)  # prompt and prefix tuning return a wrapper
-    lr = lr or (1e-3 if method == "full" else 3e-3)
+    lr = lr or (2e-3 if method == "full" else 3e-3)
     start = time.time()
-    history = train_sft(model, tokenizer, data["train"], num_steps=num_steps or pick(600, 20), lr=lr,
-                        batch_size=batch_size, seed=seed, warmup_steps=pick(30, 2), progress=progress)
+    history = train_sft(model, tokenizer, train, num_steps=num_steps or pick(800, 20), lr=lr, batch_size=batch_size,
+                        seed=seed, warmup_steps=pick(30, 2), progress=progress)
     seconds = time.time() - start
     after = evaluate_exact_match(model, tokenizer, test)
     return {"model": model.eval(), "tokenizer": tokenizer, "history": history, "before": before, "after": after,
