@@ -21,12 +21,9 @@ def minilm(_minilm_pristine):
 @pytest.fixture
 def tiny_gpt2():
     """A seeded, randomly initialised GPT-2 (2 layers, d=64, 4 heads, 500 tokens, 64 positions) in eval mode."""
-    import torch
-    import transformers
+    from builders import tiny_gpt2 as build
 
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=500, n_positions=64)
-    return transformers.GPT2LMHeadModel(config).eval()
+    return build()
 
 
 @pytest.fixture

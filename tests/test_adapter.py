@@ -3,7 +3,6 @@ import copy
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import ftlab
@@ -12,10 +11,7 @@ from ftlab.methods import adapter
 from ftlab.methods._inject import disable_adapters, tuned_layers
 from ftlab.train import fit
 
-
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).eval()
+from builders import resnet18
 
 
 def case(kind, minilm, tiny_gpt2):

@@ -8,14 +8,8 @@ import ftlab
 from ftlab.align.dpo import dpo_batch, dpo_loss, preference_accuracy, train_dpo
 from ftlab.align.sft import frozen_copy, preference_loader, response_logprobs
 
-PAIRS = [
-    {"prompt": "Question: what is the plural of fox?\nAnswer:", "chosen": "foxes", "rejected": "foxs"},
-    {"prompt": "Tolo asks: can I borrow your kite?", "chosen": "Yes, of course you can borrow my kite.",
-     "rejected": "No. Go away."},
-    {"prompt": "continue the story: Mara found a red ball.", "chosen": "She gave it to Tolo.",
-     "rejected": "Tolo gave it She to."},
-    {"prompt": "Question: what is the past tense of hop?\nAnswer:", "chosen": "hopped", "rejected": "hoped"},
-]
+from builders import PAIRS
+
 
 
 def test_dpo_loss_matches_hand_computed_values():

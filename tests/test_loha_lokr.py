@@ -6,12 +6,9 @@ random weights and compare outputs in float64. alpha / r is a power of two every
 peft's LoHa rounds the scaling to float32, which is then exact.
 """
 import copy
-import functools
 
 import pytest
 import torch
-import torchvision
-import transformers
 from peft import LoHaConfig, LoKrConfig, get_peft_model
 from peft.tuners.lokr.layer import factorization as peft_factorization
 from torch import nn
@@ -21,24 +18,12 @@ import ftlab
 from ftlab.methods import loha, lokr
 from ftlab.methods._inject import RESNET_STAGE_CONVS, replace_module, tuned_layers
 
+from builders import resnet18, tiny_bert
+
 TOL = 1e-10
 METHODS = {"loha": (loha, LoHaConfig), "lokr": (lokr, LoKrConfig)}
 # ResNet parity tests adapt layer1 and layer2 only: 3x3 convs and a strided 1x1 shortcut.
 RESNET_PARITY_TARGETS = r"layer[12]\.\d+\.(conv\d+|downsample\.0)"
-
-
-@functools.cache
-def resnet18():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).eval()
-
-
-def tiny_bert():
-    """A seeded random BERT sequence classifier (2 layers, d=96): MiniLM's module structure, a fraction of its time."""
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=500, hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=192, max_position_embeddings=64, num_labels=2)
-    return transformers.BertForSequenceClassification(config).eval()
 
 
 def case(kind, tiny_gpt2):

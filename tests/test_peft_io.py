@@ -4,18 +4,18 @@ Every parity case builds a float64 model, gives the adapter non-zero random weig
 through peft's files and compares both sides' outputs to 1e-10.
 """
 import copy
-import functools
 import json
 import warnings
 
 import pytest
 import torch
-import torchvision
 from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftModel, get_peft_model
 
 import ftlab
 from ftlab import peft_io
 from ftlab.methods import lora
+
+from builders import resnet18_float64
 
 TOL = 1e-10
 # every kind of conv in ResNet-18 (3x3, strided, 1x1 shortcut) at a fraction of the cost
@@ -68,12 +68,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@functools.cache
-def resnet18_float64():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).double().eval()
 
 
 @pytest.fixture(scope="module")

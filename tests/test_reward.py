@@ -9,14 +9,8 @@ from ftlab.align.reward import (RewardModel, pairwise_accuracy, reward_loss, sco
                                 win_rate)
 from ftlab.align.sft import collate, encode, preference_loader
 
-PAIRS = [
-    {"prompt": "Question: what is the plural of fox?\nAnswer:", "chosen": "foxes", "rejected": "foxs"},
-    {"prompt": "Tolo asks: can I borrow your kite?", "chosen": "Yes, of course you can borrow my kite.",
-     "rejected": "No. Go away."},
-    {"prompt": "continue the story: Mara found a red ball.", "chosen": "She gave it to Tolo.",
-     "rejected": "Tolo gave it She to."},
-    {"prompt": "Question: what is the past tense of hop?\nAnswer:", "chosen": "hopped", "rejected": "hoped"},
-]
+from builders import PAIRS
+
 
 
 def test_reward_loss_matches_hand_computed_values():
