@@ -202,3 +202,285 @@ def check_lora_forward(fn: Callable) -> bool:
             problems.append(("the values differ from LoraLayer's output",
                              "compute x @ W.T + b, then add (alpha / r) * (x @ A.T) @ B.T"))
     return _report(name, problems)
+
+
+def check_discriminative_lrs(fn: Callable) -> bool:
+    """Exercise (notebook 02): ``fn(lr, num_groups, factor)`` returns the learning rate of each layer group,
+    input side first: group k of G gets lr / factor ** (G - 1 - k), so the head trains at ``lr``.
+    Compared with ``ftlab.methods.freeze.discriminative_param_groups`` on a model of 4 and of 6 groups."""
+    from torch import nn
+
+    from ftlab.methods.freeze import discriminative_param_groups
+
+    name = "discriminative learning rates"
+    problems = []
+    for num_groups, lr, factor in ((4, 1e-3, 2.6), (6, 3e-3, 2.0)):
+        model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(num_groups)])
+        groups = {f"g{k}": [str(k)] for k in range(num_groups)}
+        expected = [g["lr"] for g in discriminative_param_groups(model, lr, factor, groups=groups)]
+        result, problems = _call(name, fn, lr, num_groups, factor)
+        if problems:
+            break
+        try:
+            result = [float(v) for v in result]
+        except (TypeError, ValueError):
+            problems.append((f"expected a list of numbers, got {type(result).__name__}",
+                             "return one learning rate per group, e.g. a list comprehension over range(num_groups)"))
+            break
+        close = lambda a, b: len(a) == len(b) and all(abs(u - v) <= 1e-9 * abs(v) for u, v in zip(a, b))
+        if len(result) != num_groups:
+            problems.append((f"got {len(result)} rates for {num_groups} groups", "return one rate per layer group"))
+        elif close(result, expected[::-1]):
+            problems.append(("the order is reversed: the input side gets the largest rate",
+                             "list the groups input side first; the last group (the head) trains at lr"))
+        elif close(result, [lr / factor ** (num_groups - k) for k in range(num_groups)]):
+            problems.append(("every rate is `factor` times too small: the head should train at exactly lr",
+                             "the exponent of group k is num_groups - 1 - k, which is 0 for the head"))
+        elif close(result, [lr / (factor * (num_groups - 1 - k) or 1) for k in range(num_groups)]):
+            problems.append(("the rates fall linearly, not geometrically",
+                             "divide by factor ** (distance from the head), not factor * distance"))
+        elif not close(result, expected):
+            problems.append((f"for lr={lr}, {num_groups} groups, factor={factor} expected {expected}, got {result}",
+                             "group k (0 = input side) gets lr / factor ** (num_groups - 1 - k)"))
+        if problems:
+            break
+    return _report(name, problems)
+
+
+def check_temperature_sampling(fn: Callable) -> bool:
+    """Exercise (notebook 08): ``fn(sizes, T)`` returns ``{task: p}`` with p_i = n_i^(1/T) / sum_j n_j^(1/T),
+    temperature sampling over tasks with ``sizes = {task: n_i}``. Compared with ``ftlab.multitask.task_probabilities``."""
+    import math
+
+    from ftlab.multitask import task_probabilities
+
+    name = "temperature sampling probabilities"
+    sizes = {"small": 100, "medium": 900, "big": 10000}
+    problems = []
+    for T in (1.0, 2.0, 5.0):
+        result, problems = _call(name, fn, dict(sizes), T)
+        if problems:
+            break
+        if not isinstance(result, dict) or set(result) != set(sizes):
+            problems.append((f"expected a dict with one probability per task {sorted(sizes)}, got {result!r:.80}",
+                             "return {task: probability} with the same keys as sizes"))
+            break
+        got = {task: float(p) for task, p in result.items()}
+        expected = task_probabilities(sizes, "temperature", T)
+        if all(math.isclose(got[t], expected[t], rel_tol=1e-6) for t in sizes):
+            continue
+        total = sum(got.values())
+        proportional = task_probabilities(sizes, "proportional")
+        if not math.isclose(total, 1.0, rel_tol=1e-6):
+            problems.append((f"with T={T:g} the probabilities sum to {total:.4g}, not 1",
+                             "divide every weight n_i^(1/T) by the sum of all the weights"))
+        elif T != 1.0 and all(math.isclose(got[t], proportional[t], rel_tol=1e-6) for t in sizes):
+            problems.append((f"with T={T:g} you return the proportional probabilities n_i / sum n: T is ignored",
+                             "raise each size to the power 1/T before normalising"))
+        elif all(math.isclose(got[t], 1 / len(sizes), rel_tol=1e-6) for t in sizes):
+            problems.append((f"with T={T:g} every task gets 1/N: that is the limit T -> infinity (round-robin)",
+                             "weight task i by n_i ** (1 / T), which depends on its size"))
+        elif got["small"] < proportional["small"] - 1e-9:
+            problems.append((f"with T={T:g} the small task gets {got['small']:.4f}, even less than proportional "
+                             f"sampling gives it ({proportional['small']:.4f})",
+                             "the exponent is 1/T, not T: a higher temperature must flatten the distribution"))
+        else:
+            problems.append((f"with T={T:g} you give {got}, expected {expected}",
+                             "p_i = n_i ** (1 / T) / sum_j n_j ** (1 / T)"))
+        break
+    return _report(name, problems)
+
+
+def check_forgetting(fn: Callable) -> bool:
+    """Exercise (notebook 09): ``fn(R)`` returns the forgetting of each earlier task of an accuracy matrix R (T, T),
+    f_j = max_{l<T-1} R[l, j] - R[T-1, j] for j < T-1 (Chaudhry et al. 2018), as a sequence of T-1 numbers.
+    Compared with ``ftlab.continual.forgetting``."""
+    import numpy as np
+
+    from ftlab.continual import forgetting
+
+    name = "forgetting from an accuracy matrix"
+    R = np.array([[0.90, 0.10, 0.20],
+                  [0.95, 0.80, 0.30],
+                  [0.50, 0.70, 0.90]])  # task 0 improves after task 1: best 0.95, not R[0, 0]
+    expected = forgetting(R)
+    result, problems = _call(name, fn, R.copy())
+    if not problems:
+        try:
+            got = np.asarray(result, dtype=float).reshape(-1)
+        except (TypeError, ValueError):
+            got = None
+        if got is None:
+            problems.append((f"expected a sequence of numbers, got {type(result).__name__}",
+                             "return a list or a NumPy array with one number per earlier task"))
+        elif got.shape != expected.shape:
+            problems.append((f"expected {len(expected)} numbers (one per task except the last), got {got.size}",
+                             "the last task cannot have been forgotten yet: loop over j < T-1 only"))
+        elif np.allclose(got, expected):
+            pass
+        elif np.allclose(got, -expected):
+            problems.append(("the sign is flipped", "forgetting is the best earlier accuracy minus the final one"))
+        elif np.allclose(got, [R[j, j] - R[-1, j] for j in range(len(R) - 1)]):
+            problems.append(("you subtract from R[j, j], the accuracy right after task j; task 0 was even better "
+                             "(0.95) after task 1", "take the maximum of column j over the rows l < T-1"))
+        else:
+            problems.append((f"you give {np.round(got, 4).tolist()}, expected other values",
+                             "f_j = max over l < T-1 of R[l, j], minus R[T-1, j]"))
+    return _report(name, problems)
+
+
+def check_step_memory(fn: Callable) -> bool:
+    """Exercise (notebook 13): ``fn(trainable, total)`` returns the bytes of one float32 AdamW training step that do
+    not depend on the batch: ``{"weights": ..., "gradients": ..., "optimizer_state": ...}``, as ``ftlab.measure``
+    measures them (every weight stored; a gradient and AdamW's two moments per trainable parameter)."""
+    name = "memory of a training step from parameter counts"
+    cases = [(74_498, 22_788_484), (22_713_986, 22_713_986), (1_026, 11_177_538)]  # LoRA and full on MiniLM, head only
+    problems = []
+    for trainable, total in cases:
+        result, problems = _call(name, fn, trainable, total)
+        if problems:
+            break
+        expected = {"weights": 4 * total, "gradients": 4 * trainable, "optimizer_state": 8 * trainable}
+        if not isinstance(result, dict) or set(result) != set(expected):
+            problems.append((f"expected a dict with keys {sorted(expected)}, got {result!r}",
+                             "return {'weights': ..., 'gradients': ..., 'optimizer_state': ...}"))
+        elif result["weights"] != expected["weights"]:
+            hint = ("frozen weights are stored too: count all `total` parameters"
+                    if result["weights"] == 4 * trainable else "float32 is 4 bytes per parameter")
+            problems.append((f"weights for {trainable:,} of {total:,}: got {result['weights']}, "
+                             f"expected {expected['weights']}", hint))
+        elif result["gradients"] != expected["gradients"]:
+            problems.append((f"gradients for {trainable:,} of {total:,}: got {result['gradients']}, "
+                             f"expected {expected['gradients']}",
+                             "only trainable parameters get a gradient (requires_grad=False ones do not)"))
+        elif result["optimizer_state"] != expected["optimizer_state"]:
+            hint = ("AdamW keeps two moments per trainable parameter (exp_avg and exp_avg_sq)"
+                    if result["optimizer_state"] == 4 * trainable else
+                    "the optimizer only tracks trainable parameters: 2 moments x 4 bytes each")
+            problems.append((f"optimizer state for {trainable:,} of {total:,}: got {result['optimizer_state']}, "
+                             f"expected {expected['optimizer_state']}", hint))
+        if problems:
+            break
+    return _report(name, problems)
+
+
+def check_sft_labels(fn: Callable) -> bool:
+    """Exercise (notebook 10): ``fn(prompt_ids, response_ids, width)`` returns the SFT labels of one example
+    padded to ``width``: -100 on every prompt and padding position, the response token ids (unshifted) elsewhere.
+    Compared with the labels of ``ftlab.align.sft.collate``."""
+    from ftlab.align.sft import collate
+
+    name = "SFT labels with the prompt masked"
+    prompt_ids, response_ids, width = [0, 17, 5, 9, 2], [11, 4, 0], 10  # bos + prompt, response + eos
+    expected = collate([(prompt_ids, response_ids), ([0] * width, [])], pad_token_id=1)["labels"][0].tolist()
+    result, problems = _call(name, fn, list(prompt_ids), list(response_ids), width)
+    if not problems:
+        labels = result.tolist() if isinstance(result, torch.Tensor) else result
+        ids = prompt_ids + response_ids
+        if not isinstance(labels, (list, tuple)) or not all(isinstance(v, int) for v in labels):
+            problems.append((f"expected a list (or 1-D tensor) of ints, got {type(result).__name__}",
+                             "build a list: [-100] * ... + response_ids + [-100] * ..."))
+        elif len(labels) != width:
+            problems.append((f"the labels have length {len(labels)}, expected width={width}",
+                             "pad with -100 up to `width` after the response"))
+        elif list(labels[:len(ids)]) == ids:
+            problems.append(("the prompt tokens are labelled, so the model would also learn to write prompts",
+                             "put -100 (ignored by cross-entropy) at every prompt position"))
+        elif list(labels[:len(ids) - 1]) == [-100] * (len(prompt_ids) - 1) + response_ids:
+            problems.append(("the labels are shifted one position to the left",
+                             "do not shift: the model compares the logits at t with the label at t + 1 itself"))
+        elif list(labels[:len(ids)]) == expected[:len(ids)] and list(labels) != expected:
+            problems.append(("the padding positions are not -100, so the model would learn to predict padding",
+                             "fill every position after the response with -100"))
+        elif list(labels) != expected:
+            problems.append((f"got {list(labels)}, expected {expected}",
+                             "-100 for each prompt token, then the response ids, then -100 up to width"))
+    return _report(name, problems)
+
+
+def check_adapter_forward(fn: Callable) -> bool:
+    """Exercise (notebook 03): ``fn(h, W_down, b_down, W_up, b_up)`` returns a bottleneck adapter's output
+    h + W_up relu(W_down h + b_down) + b_up, for a batch h: (n, d); W_down: (b, d), b_down: (b,), W_up: (d, b),
+    b_up: (d,). Compared with ``ftlab.methods.adapter.Bottleneck`` (ReLU) with a non-zero up projection."""
+    from ftlab.methods.adapter import Bottleneck
+
+    name = "bottleneck adapter forward pass"
+    torch.manual_seed(0)
+    adapter = Bottleneck(8, 4, "relu", conv=False)  # d = 8, bottleneck b = 2
+    torch.nn.init.normal_(adapter.up.weight)  # the adapter starts as the identity; make the up projection show
+    torch.nn.init.normal_(adapter.up.bias)
+    W_down, b_down = adapter.down.weight.detach(), adapter.down.bias.detach()  # (2, 8), (2,)
+    W_up, b_up = adapter.up.weight.detach(), adapter.up.bias.detach()  # (8, 2), (8,)
+    h = torch.randn(5, 8)
+    with torch.no_grad():
+        expected = adapter(h)  # (5, 8)
+    result, problems = _call(name, fn, h, W_down, b_down, W_up, b_up)
+    if not problems:
+        z = h @ W_down.T + b_down  # (5, 2)
+        if not isinstance(result, torch.Tensor):
+            problems.append((f"expected a tensor, got {type(result).__name__}", "return a torch tensor of shape (n, d)"))
+        elif tuple(result.shape) != tuple(expected.shape):
+            problems.append((f"the output has shape {tuple(result.shape)}, expected (n, d) = {tuple(expected.shape)}",
+                             "h is (n, d); h @ W_down.T is (n, b) and that @ W_up.T is (n, d) again"))
+        elif torch.allclose(result, torch.relu(z) @ W_up.T + b_up, atol=1e-5):
+            problems.append(("the residual connection is missing: that is the bottleneck MLP alone",
+                             "add the input back: h + up(act(down(h))); that is what makes a zero W_up the identity"))
+        elif torch.allclose(result, h + z @ W_up.T + b_up, atol=1e-5):
+            problems.append(("the non-linearity is missing: two linear maps in a row are just one low-rank map",
+                             "apply torch.relu to the down projection's output before the up projection"))
+        elif torch.allclose(result, h + torch.relu(z) @ W_up.T, atol=1e-5):
+            problems.append(("the up projection's bias b_up is missing", "add b_up after multiplying by W_up.T"))
+        elif not torch.allclose(result, expected, atol=1e-5):
+            problems.append(("the values differ from the Bottleneck adapter's output",
+                             "compute down = h @ W_down.T + b_down, then h + relu(down) @ W_up.T + b_up"))
+    return _report(name, problems)
+
+
+def check_prepend_virtual_tokens(fn: Callable) -> bool:
+    """Exercise (notebook 06): ``fn(inputs_embeds, prompt, attention_mask, labels)`` prepends a learned prompt
+    (P, d) to every sequence of ``inputs_embeds`` (B, T, d) and returns ``(inputs_embeds, attention_mask, labels)``
+    of shapes (B, P + T, d), (B, P + T), (B, P + T): P ones in front of the mask, P times -100 in front of the
+    labels (nothing to predict at a virtual position). Compared with what ``ftlab.methods.prompt.PromptTuning``
+    feeds the base model."""
+    name = "prepend virtual tokens"
+    torch.manual_seed(0)
+    B, T, P, d = 3, 5, 4, 6
+    embeds, prompt = torch.randn(B, T, d), torch.randn(P, d)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[2, 3:] = 0  # a right-padded row
+    labels = torch.randint(0, 50, (B, T)).masked_fill(mask == 0, -100)
+    want_embeds = torch.cat([prompt.expand(B, -1, -1), embeds], dim=1)  # (B, P + T, d)
+    want_mask = torch.cat([mask.new_ones(B, P), mask], dim=1)  # (B, P + T)
+    want_labels = torch.cat([labels.new_full((B, P), -100), labels], dim=1)  # (B, P + T)
+    result, problems = _call(name, fn, embeds.clone(), prompt.clone(), mask.clone(), labels.clone())
+    if not problems:
+        if not isinstance(result, (tuple, list)) or len(result) != 3:
+            problems.append(("expected three tensors back: (inputs_embeds, attention_mask, labels)",
+                             "end with `return inputs_embeds, attention_mask, labels`"))
+        else:
+            out_embeds, out_mask, out_labels = (torch.as_tensor(t) for t in result)
+            if tuple(out_embeds.shape) != (B, P + T, d):
+                problems.append((f"inputs_embeds has shape {tuple(out_embeds.shape)}, expected (B, P + T, d) = "
+                                 f"{(B, P + T, d)}", "expand the prompt to (B, P, d) and torch.cat along dim=1"))
+            elif torch.equal(out_embeds, torch.cat([embeds, prompt.expand(B, -1, -1)], dim=1)):
+                problems.append(("the prompt comes after the tokens", "the virtual tokens go first: cat([prompt, x])"))
+            elif not torch.allclose(out_embeds, want_embeds):
+                problems.append(("inputs_embeds differ from [prompt ; embeddings]",
+                                 "every sequence of the batch gets the same prompt: prompt.expand(B, -1, -1)"))
+            elif tuple(out_mask.shape) != (B, P + T):
+                problems.append((f"attention_mask has shape {tuple(out_mask.shape)}, expected (B, P + T) = {(B, P + T)}",
+                                 "the mask needs one entry per position, virtual ones included"))
+            elif torch.equal(out_mask[:, :P], torch.zeros_like(out_mask[:, :P])):
+                problems.append(("the mask hides the virtual tokens (zeros in front)",
+                                 "every real token must be able to attend to the prompt: P ones in front"))
+            elif not torch.equal(out_mask.long(), want_mask):
+                problems.append(("the attention mask differs", "cat([ones (B, P), attention_mask], dim=1)"))
+            elif tuple(out_labels.shape) != (B, P + T):
+                problems.append((f"labels have shape {tuple(out_labels.shape)}, expected (B, P + T) = {(B, P + T)}",
+                                 "labels must line up with the longer input, position for position"))
+            elif not torch.equal(out_labels[:, :P], want_labels[:, :P]):
+                problems.append(("the virtual positions get labels to predict",
+                                 "put -100 there (ignored by cross-entropy): labels.new_full((B, P), -100)"))
+            elif not torch.equal(out_labels.long(), want_labels):
+                problems.append(("the real tokens' labels changed", "keep the original labels after the P -100s"))
+    return _report(name, problems)

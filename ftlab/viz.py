@@ -12,13 +12,16 @@ import matplotlib.pyplot as plt
 MEMORY_PARTS = ["weights_trainable", "weights_frozen", "buffers", "gradients", "optimizer_state", "activations"]
 
 
-def plot_memory(rows: Sequence[dict], unit: str = "MB"):
+def plot_memory(rows: Sequence[dict], unit: str = "MB", ax=None):
     """Stacked bars of a memory breakdown, one bar per row of ``ftlab.measure.memory_report``.
 
-    Each row needs the byte counts in ``MEMORY_PARTS`` and a ``name`` for its bar.
+    Each row needs the byte counts in ``MEMORY_PARTS`` and a ``name`` for its bar. ``ax``: draw
+    into this matplotlib Axes (e.g. one panel of a larger figure) instead of a new figure.
     """
     scale = {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 4))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.6 + 1.4 * len(rows), 4))
+    fig = ax.figure
     names = [row.get("name", str(i)) for i, row in enumerate(rows)]
     bottom = [0.0] * len(rows)
     for part in MEMORY_PARTS:
@@ -191,10 +194,13 @@ def plot_singular_values(deltas: dict, top: int | None = None):
     return fig
 
 
-def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", label: str = "method"):
+def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", label: str = "method", ax=None):
     """One labelled point per row of ``df`` (e.g. ``ftlab.compare.compare``'s table): trainable parameters
-    (log x axis, since methods differ by orders of magnitude) against accuracy in percent."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    (log x axis, since methods differ by orders of magnitude) against accuracy in percent. ``ax``: draw
+    into this matplotlib Axes instead of a new figure."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    fig = ax.figure
     for i, row in enumerate(df.to_dict("records")):
         px, py = row[x], 100 * row[y]
         ax.scatter([px], [py], color=f"C{i % 10}")
@@ -245,5 +251,121 @@ def plot_rank_sweep(df, highlight: int | None = None):
     ax_acc.set_ylabel("test accuracy (%)")
     ax_acc.set_title("accuracy against parameters")
     ax_acc.margins(x=0.2, y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_matrices(matrices: dict, tasks: Sequence[str], title: str | None = None):
+    """One heatmap per entry of ``matrices`` (``{name: (T, T) accuracy matrix R}``, e.g. from
+    ``ftlab.continual.compare_strategies``): row i = after training task i, column j = tested on task j,
+    each cell labelled with its accuracy in percent. The lower-left triangle shows what was kept."""
+    import numpy as np
+
+    names = list(matrices)
+    if not names:
+        raise ValueError("plot_accuracy_matrices needs at least one matrix")
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 0.6, 2.9), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        R = np.asarray(matrices[name], dtype=float)
+        if R.shape != (len(tasks), len(tasks)):
+            raise ValueError(f"matrix {name!r} has shape {R.shape}, expected ({len(tasks)}, {len(tasks)}) "
+                             f"for tasks {list(tasks)}")
+        ax.imshow(100 * R, cmap="RdYlGn", vmin=0, vmax=100)
+        for i in range(len(tasks)):
+            for j in range(len(tasks)):
+                ax.text(j, i, f"{100 * R[i, j]:.0f}", ha="center", va="center", fontsize=10)
+        ax.set_xticks(range(len(tasks)), [f"test\n{t}" for t in tasks], fontsize=8)
+        ax.set_yticks(range(len(tasks)), [f"after\n{t}" for t in tasks], fontsize=8)
+        ax.set_title(name, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_grouped_bars(df, group: str, bar: str, value: str, ylabel: str | None = None, percent: bool = True,
+                      title: str | None = None):
+    """Grouped bars from a long table ``df``: one group per value of column ``group``, one bar per value of
+    ``bar``, height ``value`` (times 100 with ``percent``), each bar labelled with its height."""
+    groups = list(dict.fromkeys(df[group]))
+    bars = list(dict.fromkeys(df[bar]))
+    scale = 100 if percent else 1
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(groups) * len(bars) * 0.6 + 2), 3.6))
+    labelled = set()
+    for k, name in enumerate(bars):
+        rows = df[df[bar] == name]
+        for g, group_name in enumerate(groups):
+            match = rows[rows[group] == group_name][value]
+            if len(match):
+                height = scale * float(match.iloc[0])
+                ax.bar(g + (k - (len(bars) - 1) / 2) * width, height, width, color=f"C{k % 10}",
+                       label=None if name in labelled else str(name))
+                labelled.add(name)
+                ax.annotate(f"{height:.0f}" if percent else f"{height:.3g}",
+                            (g + (k - (len(bars) - 1) / 2) * width, height), ha="center",
+                            va="bottom" if height >= 0 else "top", fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(groups)), [str(g) for g in groups])
+    ax.set_ylabel(ylabel or (f"{value} (%)" if percent else value))
+    ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    return fig
+
+
+def plot_storage_curve(curve, unit: str = "MB"):
+    """Bytes to store N task models (``ftlab.multitask.storage_curve``'s table): N full copies against one
+    frozen base plus N adapters, in ``unit`` (MB = 1e6 bytes)."""
+    scale = {"kB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(curve["num_tasks"], curve["full_copies"] / scale, "o-", markersize=3, label="N full fine-tuned copies")
+    ax.plot(curve["num_tasks"], curve["base_plus_adapters"] / scale, "o-", markersize=3,
+            label="one frozen base + N adapters")
+    ax.set_xlabel("number of tasks N")
+    ax.set_ylabel(f"storage ({unit})")
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_comparison(df, metric: str | None = None):
+    """Two panels from ``ftlab.compare.compare``'s table: trainable parameters (log scale) against the task's
+    metric, and the memory of one training step as stacked bars (weights, gradients, optimizer state, activations)."""
+    from ftlab.compare import memory_rows
+
+    metric = metric or df.attrs.get("metric", "test accuracy")
+    fig, (ax_params, ax_memory) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
+    plot_params_vs_accuracy(df, y=metric, ax=ax_params)
+    ax_params.set_title(f"{metric} against trainable parameters" + (f" ({df.attrs['task']})" if "task" in df.attrs
+                                                                     else ""))
+    plot_memory(memory_rows(df), ax=ax_memory)
+    ax_memory.tick_params(axis="x", labelrotation=45)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ppo(histories: dict[str, dict]):
+    """PPO runs side by side (``ftlab.align.rlhf.ppo_train`` histories, one per label), three panels:
+    held-out reward against KL to the reference (one point per evaluation, from iteration 0), and per iteration
+    the clip fraction and the policy's entropy (nats per token)."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for k, (label, history) in enumerate(histories.items()):
+        color = f"C{k % 10}"
+        axes[0].plot(history["eval_kl"], history["eval_reward"], "o-", color=color, label=label)
+        for it, kl, reward in zip(history["eval_iteration"], history["eval_kl"], history["eval_reward"]):
+            axes[0].annotate(str(it), (kl, reward), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+        axes[1].plot(history["iteration"], history["clip_frac"], "o-", markersize=3, color=color, label=label)
+        axes[2].plot(history["iteration"], history["entropy"], "o-", markersize=3, color=color, label=label)
+    axes[0].set_xlabel("KL(policy || reference), nats per response")
+    axes[0].set_ylabel("mean reward (held-out prompts)")
+    axes[0].set_title("reward vs KL (labels: iteration)", fontsize=10)
+    axes[1].set_xlabel("iteration")
+    axes[1].set_ylabel("clip fraction")
+    axes[2].set_xlabel("iteration")
+    axes[2].set_ylabel("entropy (nats per token)")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -338,3 +338,26 @@ def test_compare_strategies_rejects_an_unknown_sequence_or_setting_before_loadin
         compare_strategies("letters")
     with pytest.raises(ValueError, match="setting must be one of"):
         compare_strategies("digits", "domain")
+
+
+def test_lwf_distillation_is_zero_at_the_start_of_a_task_with_batchnorm_in_train_mode():
+    # The old model must normalise like the training model: batch statistics where its BatchNorm trains.
+    # A teacher with running statistics would disagree with the unchanged student before any step.
+    tasks = _tasks(((0, 1), (2, 3)), dim=3)
+    scenario = Scenario(tasks, "task")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4)).double()
+    model[1].running_mean.fill_(5.0)  # running statistics far from any batch's
+    model.train()
+    lwf = LwF(alpha=1.0, T=2.0)
+    lwf.before_task(model, scenario, 1)
+    x, y = next(iter(tasks[1].train))
+    running = lwf.old_model[1].running_mean.clone()
+    with torch.no_grad():
+        ce = scenario.cross_entropy(model(x), y, 1)
+        torch.testing.assert_close(lwf.loss(model, (x, y), scenario, 1), ce, rtol=0, atol=1e-12)
+    torch.testing.assert_close(lwf.old_model[1].running_mean, running, rtol=0, atol=0)  # teacher stats untouched
+    model[1].eval()  # a BatchNorm frozen in the student is frozen in the teacher too
+    with torch.no_grad():
+        torch.testing.assert_close(lwf.loss(model, (x, y), scenario, 1), scenario.cross_entropy(model(x), y, 1),
+                                   rtol=0, atol=1e-12)

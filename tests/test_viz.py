@@ -140,3 +140,24 @@ def test_rank_sweep_plot_shows_parameters_per_rank_and_accuracy_per_parameter_co
     assert points == [(100, 50), (400, 75), (1600, 90)]
     assert [t.get_text() for t in ax_acc.texts] == ["r=1, alpha=2", "r=4, alpha=8", "r=16, alpha=32"]
     assert ax_acc.texts[2].get_color() == "C3" and ax_acc.texts[0].get_color() == "C0"
+
+
+def test_accuracy_matrices_grouped_bars_and_storage_curve_hold_their_data():
+    import numpy as np
+
+    from ftlab.viz import plot_accuracy_matrices, plot_grouped_bars, plot_storage_curve
+
+    R = {"naive": np.array([[0.9, 0.1], [0.5, 0.95]]), "replay": np.array([[0.9, 0.1], [0.85, 0.9]])}
+    fig = plot_accuracy_matrices(R, ["a", "b"])
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "replay"
+    np.testing.assert_allclose(fig.axes[0].images[0].get_array(), 100 * R["naive"])
+    with pytest.raises(ValueError, match="shape"):
+        plot_accuracy_matrices({"x": np.zeros((3, 3))}, ["a", "b"])
+    table = pd.DataFrame({"task": ["a", "b", "a"], "training": ["one", "one", "two"], "accuracy": [0.5, 0.25, 0.75]})
+    fig = plot_grouped_bars(table, group="task", bar="training", value="accuracy")
+    heights = sorted(p.get_height() for p in fig.axes[0].patches)
+    assert heights == [25.0, 50.0, 75.0]
+    assert fig.axes[0].get_legend_handles_labels()[1] == ["one", "two"]
+    curve = pd.DataFrame({"num_tasks": [1, 2], "full_copies": [2e6, 4e6], "base_plus_adapters": [2e6, 2.5e6]})
+    lines = plot_storage_curve(curve).axes[0].get_lines()
+    assert list(lines[0].get_ydata()) == [2.0, 4.0] and list(lines[1].get_ydata()) == [2.0, 2.5]
