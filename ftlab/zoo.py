@@ -256,4 +256,7 @@ def load_gpt2(name: str = "tiny", seed: int = 0):
             hf_logging.enable_progress_bar()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # transformers finds no loss type in the name "GPT2LMHeadModel", warns at the first loss and then uses
+    # next-token cross-entropy anyway: name it, so the warning does not clutter every notebook
+    model.loss_type = "ForCausalLM"
     return model.eval(), tokenizer
