@@ -1,4 +1,5 @@
-"""Command line: ``python -m ftlab info``, ``python -m ftlab bench lora`` (more commands arrive with the method issues)."""
+"""Command line: ``python -m ftlab info``, ``python -m ftlab bench lora``,
+``python -m ftlab compare --task sentiment --methods all``."""
 from __future__ import annotations
 
 import argparse
@@ -33,6 +34,60 @@ def info() -> None:
     print(f"methods: {', '.join(available())}")
 
 
+def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fine-tune every chosen method on one task, print the table; with ``--out`` also write a CSV and a PNG.
+
+    Bad methods stop with ``parser.error`` (exit code 2) before anything is trained or written.
+    """
+    import torch
+
+    from ftlab.compare import applicable_methods, compare as run_compare, default_budget, summary_table
+    from ftlab.config import mode
+    from ftlab.methods import available
+
+    names = [n for item in args.methods for n in item.split(",") if n]
+    if names == ["all"]:
+        names = None
+    else:
+        unknown = [n for n in names if n not in available()]
+        if unknown:
+            parser.error(f"unknown method(s) {', '.join(unknown)}; choose from: all, {', '.join(available())}")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be a positive number of optimizer steps, got {args.steps}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    fitting, skipped = applicable_methods(args.task, seed=args.seed)
+    if names is None:
+        names = fitting
+    else:
+        unfit = [n for n in names if n not in fitting]
+        if unfit:
+            reasons = "; ".join(f"{n}: {skipped.get(n, 'not applicable')}" for n in unfit)
+            parser.error(f"method(s) {', '.join(unfit)} do not apply to task {args.task!r} ({reasons}). "
+                         f"Methods for {args.task!r}: all, {', '.join(fitting)}")
+        skipped = {}
+    budget = default_budget(args.task)
+    if args.steps is not None:
+        budget["num_steps"] = args.steps
+    print(f"task {args.task}: {budget['num_steps']} steps per method, mode {mode()}, "
+          f"{torch.get_num_threads()} torch thread(s)")
+    for name, reason in skipped.items():
+        print(f"  skipped {name}: {reason}")
+    df = run_compare(names, args.task, seed=args.seed, **budget)
+    df.attrs["skipped"] = skipped
+    print(summary_table(df).to_string(index=False))
+    if args.out is not None:
+        from ftlab.viz import plot_comparison
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        csv, png = args.out / f"compare_{args.task}.csv", args.out / f"compare_{args.task}.png"
+        df.to_csv(csv, index=False)
+        plot_comparison(df).savefig(png, dpi=120)
+        print(f"wrote {csv} and {png}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from ftlab.bench import BENCHMARKS
 
@@ -46,12 +101,28 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--batch-size", type=int, help="examples per batch (default 16)")
     bench.add_argument("--seq-len", type=int, help="tokens per example (default 64)")
     bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    from pathlib import Path
+
+    from ftlab.compare import TASKS
+
+    shootout = sub.add_parser("compare", help="fine-tune several methods on one task under one budget, side by side")
+    shootout.add_argument("--task", required=True, choices=list(TASKS),
+                          help="; ".join(f"{name}: {about}" for name, about in TASKS.items()))
+    shootout.add_argument("--methods", nargs="+", default=["all"],
+                          help="'all' (every method that applies to the task's model) or method names, "
+                               "separated by spaces or commas")
+    shootout.add_argument("--steps", type=int, help="optimizer steps per method (default: the task's budget)")
+    shootout.add_argument("--seed", type=int, default=0, help="seed for the data, the new head and training")
+    shootout.add_argument("--out", type=Path, help="folder for compare_TASK.csv and compare_TASK.png")
+    shootout.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.command == "info":
         info()
     elif args.command == "bench":
         BENCHMARKS[args.method](repeats=args.repeats, batch_size=args.batch_size, seq_len=args.seq_len,
                                  threads=args.threads)
+    elif args.command == "compare":
+        compare(shootout, args)
     return 0
 
 

@@ -484,3 +484,88 @@ def check_prepend_virtual_tokens(fn: Callable) -> bool:
             elif not torch.equal(out_labels.long(), want_labels):
                 problems.append(("the real tokens' labels changed", "keep the original labels after the P -100s"))
     return _report(name, problems)
+
+
+def check_gae(fn: Callable) -> bool:
+    """Exercise (notebook 11): ``fn(rewards, values, gamma, lam)`` returns ``(advantages, returns)`` of one response,
+    each (T,), by generalised advantage estimation (the value after the last token is 0). Compared with
+    ``ftlab.align.rlhf.gae``."""
+    from ftlab.align.rlhf import gae
+
+    name = "generalised advantage estimation"
+    rewards = torch.tensor([-0.1, 0.05, -0.2, 1.5], dtype=torch.float64)  # KL penalties, the score on the last token
+    values = torch.tensor([0.4, 0.7, 0.2, 0.9], dtype=torch.float64)
+    gamma, lam = 0.9, 0.8
+    expected_adv, expected_ret = (t[0] for t in gae(rewards[None], values[None], torch.ones(1, 4), gamma, lam))
+    result, problems = _call(name, fn, rewards.clone(), values.clone(), gamma, lam)
+    if not problems:
+        if not (isinstance(result, (tuple, list)) and len(result) == 2):
+            problems.append((f"expected a pair (advantages, returns), got {type(result).__name__}",
+                             "end with `return advantages, returns`"))
+        else:
+            adv, ret = (torch.as_tensor(t, dtype=torch.float64) for t in result)
+            deltas = rewards + gamma * torch.cat([values[1:], torch.zeros(1, dtype=torch.float64)]) - values
+            if adv.shape != (4,) or ret.shape != (4,):
+                problems.append((f"shapes {tuple(adv.shape)} and {tuple(ret.shape)}, expected (T,) = (4,) each",
+                                 "one advantage and one return per token"))
+            elif torch.allclose(adv, deltas):
+                problems.append(("those are the one-step TD errors delta_t, not yet summed",
+                                 "go backwards: A_t = delta_t + gamma * lam * A_{t+1}"))
+            elif torch.allclose(adv, rewards - values):
+                problems.append(("the next state's value gamma * V_{t+1} is missing from delta_t",
+                                 "delta_t = r_t + gamma * V_{t+1} - V_t, with V_T = 0 after the last token"))
+            elif not torch.allclose(adv, expected_adv, atol=1e-8):
+                problems.append((f"advantages {adv.tolist()} differ from {expected_adv.tolist()}",
+                                 "loop t from T-1 down to 0, keeping the next advantage and the next value "
+                                 "(both 0 after the last token); lam multiplies gamma"))
+            elif torch.allclose(ret, expected_adv, atol=1e-8):
+                problems.append(("the returns equal the advantages", "returns are advantages plus values: R_t = A_t + V_t"))
+            elif not torch.allclose(ret, expected_ret, atol=1e-8):
+                problems.append((f"returns {ret.tolist()} differ from {expected_ret.tolist()}", "R_t = A_t + V_t"))
+    return _report(name, problems)
+
+
+def check_dpo_loss(fn: Callable) -> bool:
+    """Exercise (notebook 12): ``fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`` returns the
+    DPO loss (Rafailov et al. 2023, eq. 7) as a scalar tensor: the mean over pairs of
+    -log sigmoid(beta [(policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)]). Inputs (B,) summed
+    response log-probabilities. Compared with ``ftlab.align.dpo.dpo_loss``."""
+    import torch.nn.functional as F
+
+    from ftlab.align.dpo import dpo_loss
+
+    name = "the DPO loss"
+    pc = torch.tensor([-5.0, -9.0, -4.0], dtype=torch.float64)
+    pr = torch.tensor([-7.0, -6.0, -8.5], dtype=torch.float64)
+    rc = torch.tensor([-6.0, -8.0, -5.0], dtype=torch.float64)
+    rr = torch.tensor([-6.0, -7.0, -7.0], dtype=torch.float64)
+    beta = 0.5
+    expected = dpo_loss(pc, pr, rc, rr, beta)[0]
+    result, problems = _call(name, fn, pc.clone(), pr.clone(), rc.clone(), rr.clone(), beta)
+    if not problems:
+        try:
+            value = torch.as_tensor(result, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            value = None
+        margin = (pc - rc) - (pr - rr)
+        if value is None:
+            problems.append((f"expected a scalar tensor, got {type(result).__name__}", "return the loss as a tensor"))
+        elif value.numel() != 1:
+            problems.append((f"expected a single number, got shape {tuple(value.shape)}",
+                             "average the per-pair losses with .mean()"))
+        elif torch.isclose(value, -F.logsigmoid(beta * margin).sum()):
+            problems.append(("that is the sum over pairs", "take the mean over pairs, so the loss does not grow with B"))
+        elif torch.isclose(value, -F.logsigmoid(beta * (pc - pr)).mean()):
+            problems.append(("the reference model is missing",
+                             "subtract the reference log-probabilities: (policy_chosen - ref_chosen) - ..."))
+        elif torch.isclose(value, -F.logsigmoid(margin).mean()):
+            problems.append(("beta is missing", "multiply the difference of log-ratios by beta before the sigmoid"))
+        elif torch.isclose(value, -F.logsigmoid(-beta * margin).mean()):
+            problems.append(("the sign is flipped: this loss prefers the rejected response",
+                             "use (chosen log-ratio) - (rejected log-ratio)"))
+        elif torch.isclose(value, -torch.sigmoid(beta * margin).mean()):
+            problems.append(("the log is missing", "the loss is -log sigmoid(...); F.logsigmoid is the stable way"))
+        elif not torch.isclose(value, expected):
+            problems.append((f"got {value.item():.6f}, expected {expected.item():.6f}",
+                             "-F.logsigmoid(beta * ((pc - rc) - (pr - rr))).mean()"))
+    return _report(name, problems)
