@@ -503,7 +503,11 @@ def check_gae(fn: Callable) -> bool:
             problems.append((f"expected a pair (advantages, returns), got {type(result).__name__}",
                              "end with `return advantages, returns`"))
         else:
-            adv, ret = (torch.as_tensor(t, dtype=torch.float64) for t in result)
+            try:
+                adv, ret = (torch.as_tensor(t, dtype=torch.float64) for t in result)
+            except (TypeError, ValueError, RuntimeError) as err:
+                return _report(name, [(f"the pair does not hold two tensors ({type(err).__name__}: {err})",
+                                       "return two tensors of shape (T,): `return advantages, returns`")])
             deltas = rewards + gamma * torch.cat([values[1:], torch.zeros(1, dtype=torch.float64)]) - values
             if adv.shape != (4,) or ret.shape != (4,):
                 problems.append((f"shapes {tuple(adv.shape)} and {tuple(ret.shape)}, expected (T,) = (4,) each",

@@ -356,7 +356,8 @@ def plot_ppo(histories: dict[str, dict]):
         color = f"C{k % 10}"
         axes[0].plot(history["eval_kl"], history["eval_reward"], "o-", color=color, label=label)
         for it, kl, reward in zip(history["eval_iteration"], history["eval_kl"], history["eval_reward"]):
-            axes[0].annotate(str(it), (kl, reward), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+            axes[0].annotate(str(it), (kl, reward), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                             color=color)
         axes[1].plot(history["iteration"], history["clip_frac"], "o-", markersize=3, color=color, label=label)
         axes[2].plot(history["iteration"], history["entropy"], "o-", markersize=3, color=color, label=label)
     axes[0].set_xlabel("KL(policy || reference), nats per response")

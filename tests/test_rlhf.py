@@ -187,3 +187,25 @@ def test_ppo_experiment_runs_on_the_shipped_model():
                             num_eval=4, batch_size=4, minibatch_size=4, max_new_tokens=4, progress=False)
     assert result["history"]["iteration"] == [1, 2] and result["history"]["eval_iteration"] == [0, 2]
     assert len(result["samples"]) == 4
+
+
+def test_plot_ppo_draws_reward_against_kl_clip_fraction_and_entropy():
+    import matplotlib.pyplot as plt
+
+    from ftlab.viz import plot_ppo
+
+    history = {"iteration": [1, 2], "clip_frac": [0.2, 0.1], "entropy": [1.5, 1.4], "eval_iteration": [0, 2],
+               "eval_kl": [0.0, 1.2], "eval_reward": [-0.4, 1.1]}
+    fig = plot_ppo({"kl 0.5": history, "no kl": history})
+    reward_vs_kl, clip, entropy = fig.axes
+    line = reward_vs_kl.lines[0]
+    assert list(line.get_xdata()) == [0.0, 1.2] and list(line.get_ydata()) == [-0.4, 1.1]
+    assert len(clip.lines) == 2 and entropy.get_ylabel().startswith("entropy")
+    plt.close(fig)
+
+
+def test_gae_checker_explains_a_pair_that_is_not_two_tensors(capsys):
+    from ftlab.checks import check_gae
+
+    assert check_gae(lambda rewards, values, gamma, lam: (None, None)) is False
+    assert "[FAIL]" in capsys.readouterr().out

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab.align.sft import collate, encode, max_positions, preference_loader
+from ftlab.align.sft import (cache_folder, collate, encode, load_cached, max_positions, preference_loader, save_cached,
+                             sft_model)
 from ftlab.config import pick, seed_everything
 from ftlab.train import fit, to_device
 
@@ -169,3 +170,32 @@ def reward_experiment(base_model: nn.Module | None = None, tokenizer=None, *, nu
                for kind in dict.fromkeys(p["kind"] for p in test_pairs)}
     return {"model": model.eval(), "history": history, "before": before, "after": pairwise_accuracy(model, test),
             "by_kind": by_kind, "seconds": seconds}
+
+
+# The reward model of notebooks 11 and 12, on the SFT model's backbone (as Ouyang et al. 2022 do): fixed settings,
+# sized so that training takes about 2 minutes on a 2-core laptop CPU (FAST mode: seconds).
+REWARD_SETTINGS = {"num_steps": pick(150, 20), "lr": 5e-4, "batch_size": 16, "seed": 0}
+
+
+def reward_model(*, cache_dir=None, refresh: bool = False, progress: bool = True) -> dict:
+    """The reward model of notebooks 11 and 12: ``reward_experiment`` on ``sft_model()``, or its saved result.
+
+    Like ``ftlab.align.sft.sft_model``: the first call trains (and trains the SFT model first if that
+    is not cached either), saving safetensors under ``cache_folder("reward", ...)``, keyed by
+    ``REWARD_SETTINGS`` and the SFT model's cache key; later calls load them. Returns
+    ``{"model", "sft", "before", "after", "by_kind", "seconds", "loss", "cached", "folder"}``,
+    ``"sft"`` being the ``sft_model`` result it was trained from.
+    """
+    sft = sft_model(cache_dir=cache_dir, progress=progress)
+    settings = {**REWARD_SETTINGS, "sft": sft["folder"].name}
+    folder = cache_folder("reward", settings, cache_dir)
+    if not refresh:
+        model = RewardModel.from_causal_lm(sft["model"])
+        info = load_cached(model, folder)
+        if info is not None:
+            return {"model": model.eval(), "sft": sft, **info, "cached": True, "folder": folder}
+    result = reward_experiment(sft["model"], sft["tokenizer"], **REWARD_SETTINGS, progress=progress)
+    info = {"settings": settings, "before": result["before"], "after": result["after"], "by_kind": result["by_kind"],
+            "seconds": result["seconds"], "loss": result["history"]["loss"]}
+    save_cached(result["model"], folder, info)
+    return {"model": result["model"], "sft": sft, **info, "cached": False, "folder": folder}

@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
+import os
 import random
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -412,3 +416,101 @@ def sft_experiment(method: str = "full", *, model_name: str = "tiny", num_steps:
     after = evaluate_exact_match(model, tokenizer, test)
     return {"model": model.eval(), "tokenizer": tokenizer, "history": history, "before": before, "after": after,
             "seconds": seconds}
+
+
+# ---------------------------------------------------------------- a cache for the models later notebooks reuse
+
+# The SFT model that the reward model, PPO and DPO start from (notebooks 10 to 12): fixed settings, sized so that
+# training takes about 3 minutes on a 2-core laptop CPU (FAST mode: seconds).
+SFT_SETTINGS = {"method": "full", "with_preferences": True, "num_steps": pick(400, 20), "lr": 2e-3, "batch_size": 16,
+                "seed": 0}
+
+
+def default_cache_dir() -> Path:
+    """Where trained models are kept for later notebooks: ``$FTLAB_CACHE``, else ``~/.cache/ftlab``."""
+    return Path(os.environ.get("FTLAB_CACHE") or Path.home() / ".cache" / "ftlab")
+
+
+def file_digest(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file: names a checkpoint by its content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def cache_folder(kind: str, settings: dict, cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir / "<kind>-<key>"``, the key being 16 hex digits of the SHA-256 of ``settings`` as sorted JSON.
+
+    ``settings`` must name everything the trained weights depend on (hyperparameters, seed, the
+    digest of the starting checkpoint), so that a change to any of them gives a new folder.
+    """
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir or default_cache_dir()) / f"{kind}-{key}"
+
+
+def save_cached(model: nn.Module, folder: str | Path, info: dict) -> None:
+    """Write ``model.safetensors`` (every parameter and buffer; tied weights once) and ``info.json`` to ``folder``.
+
+    The weights are written to a temporary name and then renamed, so an interrupted save
+    never leaves a half-written file that a later notebook would read.
+    """
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "info.json").write_text(json.dumps(info, indent=1))
+    partial = folder / "model.safetensors.partial"
+    save_model(model, str(partial))
+    partial.replace(folder / "model.safetensors")
+
+
+def load_cached(model: nn.Module, folder: str | Path) -> dict | None:
+    """Load ``folder``'s weights into ``model`` and return its ``info.json``; None when absent or unreadable.
+
+    A damaged or mismatching cache counts as absent (the caller trains again and overwrites it):
+    a cache is a shortcut, never the only copy of a result.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    folder = Path(folder)
+    weights, info = folder / "model.safetensors", folder / "info.json"
+    if not (weights.is_file() and info.is_file()):
+        return None
+    state = copy.deepcopy(model.state_dict())
+    try:
+        load_model(model, str(weights), strict=True)
+        return json.loads(info.read_text())
+    except (SafetensorError, RuntimeError, OSError, ValueError) as err:  # damaged file, wrong shapes or names
+        model.load_state_dict(state)
+        print(f"ignoring the damaged cache {folder} ({type(err).__name__}); training again")
+        return None
+
+
+def sft_model(*, cache_dir: str | Path | None = None, refresh: bool = False, progress: bool = True) -> dict:
+    """The SFT model of notebooks 10 to 12: ``sft_experiment(**SFT_SETTINGS)``, or its saved result.
+
+    The first call trains (about 3 minutes in classroom mode) and saves the weights as
+    safetensors under ``cache_folder("sft", ...)`` (default ``~/.cache/ftlab``), keyed by
+    ``SFT_SETTINGS`` and the digest of the tiny GPT-2 checkpoint; later calls load them.
+    ``refresh=True`` trains again whatever is cached. Returns ``{"model", "tokenizer", "before",
+    "after", "seconds", "loss", "cached", "folder"}``: exact match per kind before and after
+    training, the training seconds and losses (of the run that made the weights), whether they
+    came from the cache, and the cache folder.
+    """
+    from ftlab.zoo import OFFLINE, load_gpt2
+
+    settings = {**SFT_SETTINGS, "checkpoint": file_digest(Path(OFFLINE["gpt2"]["tiny"]()) / "model.safetensors")}
+    folder = cache_folder("sft", settings, cache_dir)
+    if not refresh:
+        model, tokenizer = load_gpt2("tiny")
+        info = load_cached(model, folder)
+        if info is not None:
+            return {"model": model.eval(), "tokenizer": tokenizer, **info, "cached": True, "folder": folder}
+    result = sft_experiment(**SFT_SETTINGS, progress=progress)
+    info = {"settings": settings, "before": result["before"], "after": result["after"],
+            "seconds": result["seconds"], "loss": result["history"]["loss"]}
+    save_cached(result["model"], folder, info)
+    return {"model": result["model"], "tokenizer": result["tokenizer"], **info, "cached": False, "folder": folder}
