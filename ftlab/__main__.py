@@ -37,46 +37,32 @@ def info() -> None:
 def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fine-tune every chosen method on one task, print the table; with ``--out`` also write a CSV and a PNG.
 
-    Bad methods stop with ``parser.error`` (exit code 2) before anything is trained or written.
+    Bad input stops with ``parser.error`` (exit code 2): ``ftlab.compare.compare`` checks every method
+    before it trains anything, so nothing is trained or written.
     """
     import torch
 
-    from ftlab.compare import applicable_methods, compare as run_compare, default_budget, summary_table
+    from ftlab.compare import compare as run_compare, default_budget, summary_table
     from ftlab.config import mode
-    from ftlab.methods import available
 
     names = [n for item in args.methods for n in item.split(",") if n]
-    if names == ["all"]:
-        names = None
-    else:
-        unknown = [n for n in names if n not in available()]
-        if unknown:
-            parser.error(f"unknown method(s) {', '.join(unknown)}; choose from: all, {', '.join(available())}")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be a positive number of optimizer steps, got {args.steps}")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    fitting, skipped = applicable_methods(args.task, seed=args.seed)
-    if names is None:
-        names = fitting
-    else:
-        unfit = [n for n in names if n not in fitting]
-        if unfit:
-            reasons = "; ".join(f"{n}: {skipped.get(n, 'not applicable')}" for n in unfit)
-            parser.error(f"method(s) {', '.join(unfit)} do not apply to task {args.task!r} ({reasons}). "
-                         f"Methods for {args.task!r}: all, {', '.join(fitting)}")
-        skipped = {}
     budget = default_budget(args.task)
     if args.steps is not None:
         budget["num_steps"] = args.steps
     print(f"task {args.task}: {budget['num_steps']} steps per method, mode {mode()}, "
           f"{torch.get_num_threads()} torch thread(s)")
-    for name, reason in skipped.items():
+    try:
+        df = run_compare("all" if names == ["all"] else names, args.task, seed=args.seed, **budget)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    for name, reason in df.attrs["skipped"].items():
         print(f"  skipped {name}: {reason}")
-    df = run_compare(names, args.task, seed=args.seed, **budget)
-    df.attrs["skipped"] = skipped
     print(summary_table(df).to_string(index=False))
     if args.out is not None:
         from ftlab.viz import plot_comparison

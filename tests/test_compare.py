@@ -87,8 +87,8 @@ def test_cli_compare_prints_the_table_and_writes_csv_and_png(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--task", "weather"], "invalid choice: 'weather' (choose from 'sentiment', 'digits', 'cells', 'instructions')"),
-    (["--task", "digits", "--methods", "lora", "bogus"], "unknown method(s) bogus; choose from: all, full"),
-    (["--task", "digits", "--methods", "prefix"], "do not apply to task 'digits'"),
+    (["--task", "digits", "--methods", "lora", "bogus"], "unknown method 'bogus'; choose from: full, freeze"),
+    (["--task", "digits", "--methods", "prefix"], "does not apply to the 'digits' model"),
     (["--task", "digits", "--steps", "0"], "--steps must be a positive"),
 ])
 def test_cli_compare_rejects_bad_input_with_exit_code_2_and_writes_nothing(argv, message, tmp_path, capsys):
