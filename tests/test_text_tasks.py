@@ -42,7 +42,7 @@ def test_corpus_has_a_few_thousand_words_in_stories_dialogues_and_lessons():
     docs = corpus.make_corpus(0, SMALL)["train"]
     lessons = [d for d in docs if "Let us play some word games." in d.split("\n")[0]]
     dialogues = [d for d in docs if re.match(r"^[A-Z][a-z]+: ", d) and d not in lessons]
-    assert 0.1 < len(lessons) / len(docs) < 0.3 and 0.2 < len(dialogues) / len(docs) < 0.4
+    assert 0.25 < len(lessons) / len(docs) < 0.45 and 0.15 < len(dialogues) / len(docs) < 0.35
     used = set().union(*(words(d) for d in docs))
     assert len(used & {w.lower() for w in corpus.vocabulary()}) > 1000
 
@@ -57,25 +57,38 @@ def test_lesson_answers_are_right():
             if question.startswith("Say these words after me: "):
                 said = question.removeprefix("Say these words after me: ").rstrip(".").split()
                 assert answer == " ".join(said) + "."
+            elif question.startswith("Say these words backwards: "):
+                words = question.removeprefix("Say these words backwards: ").rstrip(".").split()
+                assert answer == " ".join(words[::-1]) + "."
             elif question == "Now say them backwards.":
                 assert answer == " ".join(said[::-1]) + "."
             elif question == "Which word did I say last?":
                 assert answer == f"You said {said[-1]} last."
+            elif question == "Which word did I say first?":
+                assert answer == f"You said {said[0]} first."
             elif question == "How many words was that?":
                 assert answer == f"That was {corpus.NUMBERS[len(said) - 1]} words."
             elif question.startswith("I see one "):
                 noun = question.split()[3].rstrip(".")
                 assert answer == f"Then you see two {corpus.plural(noun)}."
+            elif question.startswith("What is the plural of "):
+                noun = question.split()[-1].rstrip("?")
+                assert answer == f"The plural of {noun} is {corpus.plural(noun)}."
             elif question.startswith("Today I "):
                 assert answer == f"Yesterday you {corpus.past(question.split()[2].rstrip('.'))}."
+            elif question.startswith("What is the past tense of "):
+                verb = question.split()[-1].rstrip("?")
+                assert answer == f"The past tense of {verb} is {corpus.past(verb)}."
             elif "Who has the" in question:
                 thing = question.split()[-1].rstrip("?")
                 owner = re.search(rf"(\w+) has an? \w+ {thing}\b", question).group(1)
                 assert answer == f"{owner} has the {thing}."
             else:
                 continue
-            checked[question.split()[0]] += 1
-    assert len(checked) >= 5
+            checked[" ".join(question.split()[:4]) if "Who has" not in question else "Who has"] += 1
+    games = {"Say these words after", "Say these words backwards:", "Now say them backwards.", "Which word did I",
+             "How many words was", "I see one " , "What is the plural", "Today I", "What is the past", "Who has"}
+    assert all(any(key.startswith(game.strip()) for key in checked) for game in games), sorted(checked)
 
 
 def test_dialogue_answers_match_their_questions():
@@ -133,6 +146,29 @@ def test_lm_loader_masks_exactly_the_padding(tokenizer):
 def test_lm_loader_needs_a_pad_token(tokenizer):
     with pytest.raises(ValueError, match="pad"):
         corpus.lm_loader(["a"], type("NoPad", (), {"pad_token_id": None, "bos_token_id": 0, "eos_token_id": 0})())
+
+
+def test_packed_loader_cuts_one_stream_of_documents_into_full_rows(tokenizer):
+    texts = ["Mara ran.", "Tolo: Hello, Mara! How are you today?", "Lori smiled at the big red kite."] * 5
+    eos = tokenizer.eos_token_id
+    stream = [eos] + [t for text in texts for t in tokenizer(text)["input_ids"] + [eos]]
+    loader = corpus.packed_loader(texts, tokenizer, block_size=8, batch_size=3, shuffle=False)
+    rows = torch.cat([batch["input_ids"] for batch in loader])  # (N, 8)
+    assert rows.shape == (len(stream) // 8, 8)
+    assert rows.flatten().tolist() == stream[:rows.numel()]  # in order, nothing padded, the partial row dropped
+    batch = next(iter(loader))
+    assert torch.equal(batch["labels"], batch["input_ids"]) and bool(batch["attention_mask"].all())
+    shuffled = torch.cat([b["input_ids"] for b in corpus.packed_loader(texts, tokenizer, block_size=8, seed=1)])
+    assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, rows.tolist()))  # the same rows, reordered
+
+
+def test_packed_loader_rejects_too_little_text_and_bad_block_sizes(tokenizer):
+    with pytest.raises(ValueError, match="fewer than one row"):
+        corpus.packed_loader(["Mara ran."], tokenizer, block_size=256)
+    with pytest.raises(ValueError, match="block_size"):
+        corpus.packed_loader(["Mara ran."], tokenizer, block_size=1)
+    with pytest.raises(ValueError, match="eos"):
+        corpus.packed_loader(["a"], type("NoEos", (), {"eos_token_id": None})())
 
 
 def test_perplexity_weighs_every_token_equally_despite_padding(tokenizer):

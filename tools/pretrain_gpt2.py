@@ -1,6 +1,6 @@
 """Pretrain the shipped tiny GPT-2 (data/gpt2_tiny/) on the synthetic corpus, deterministically.
 
-    python tools/pretrain_gpt2.py                 # regenerates data/gpt2_tiny/ (about 15 minutes on 2 free cores)
+    python tools/pretrain_gpt2.py                 # regenerates data/gpt2_tiny/ (about 25 minutes on 2 free cores)
     python tools/pretrain_gpt2.py --out /tmp/g --num-steps 50
 
 Steps: generate the corpus (ftlab.tasks.corpus), train a byte-level BPE tokenizer on the
@@ -22,16 +22,16 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ftlab.config import seed_everything
 from ftlab.measure import count_parameters
-from ftlab.tasks.corpus import lm_loader, make_corpus, perplexity, unigram_perplexity
+from ftlab.tasks.corpus import lm_loader, make_corpus, packed_loader, perplexity, unigram_perplexity
 from ftlab.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 CHECK_DOCS = 32  # the fixed validation slice whose perplexity tests/test_zoo_gpt2.py recomputes
 
-DEFAULTS = dict(vocab_size=3072, n_layer=4, n_embd=256, n_head=4, n_positions=256, num_steps=1500,
+DEFAULTS = dict(vocab_size=3072, n_layer=4, n_embd=256, n_head=4, n_positions=256, num_steps=2000,
                 batch_size=16, lr=2e-3, warmup_steps=100, seed=0,
-                corpus_sizes={"train": 30000, "validation": 500, "test": 500})
+                corpus_sizes={"train": 50000, "validation": 500, "test": 500})
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -78,8 +78,8 @@ def pretrain(out: Path, *, vocab_size: int, n_layer: int, n_embd: int, n_head: i
                         pad_token_id=tokenizer.pad_token_id)
     seed_everything(seed)
     model = GPT2LMHeadModel(config)
-    train = lm_loader(corpus["train"], tokenizer, batch_size=batch_size, shuffle=True, seed=seed,
-                      max_length=n_positions)
+    train = packed_loader(corpus["train"], tokenizer, block_size=n_positions, batch_size=batch_size, shuffle=True,
+                          seed=seed)
     history = fit(model, train, num_steps=num_steps, lr=lr, weight_decay=0.01, warmup_steps=warmup_steps,
                   max_grad_norm=1.0, device="cpu", progress=progress)
     train_seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
@@ -132,7 +132,8 @@ layer tied). Weights stored as float16 safetensors.
 - **Tokenizer**: byte-level BPE (`tokenizers`), {s['vocab_size']} tokens, trained on the training
   split; `<|endoftext|>` is bos and eos, `<|pad|>` pads. A document is `<|endoftext|> text <|endoftext|>`.
 - **Training**: `ftlab.train.fit`, AdamW (lr {s['lr']}, weight decay 0.01), {s['warmup_steps']} warm-up
-  steps then cosine decay, gradient norm clipped at 1, {s['num_steps']} steps of {s['batch_size']} documents,
+  steps then cosine decay, gradient norm clipped at 1, {s['num_steps']} steps of {s['batch_size']} rows of {s['n_positions']} tokens
+  (documents packed end to end with `packed_loader`, no padding),
   seed {s['seed']}.
 - **Time**: {m['train_seconds']:.0f} s wall clock and {m['train_cpu_seconds']:.0f} s of CPU time ({m['torch_threads']}
   threads) for corpus, tokenizer and training; the wall clock grows when other jobs share the cores.

@@ -10,7 +10,7 @@ Vocabulary (a few thousand distinct words, built combinatorially from word lists
   listed; regular ones follow the spelling rules in ``plural``, ``third_person``, ``past``,
   ``present_participle`` and ``comparative``, which the instruction task reuses.
 
-Documents come in three kinds (half stories, 30% dialogues, 20% lessons):
+Documents come in three kinds (40% stories, 25% dialogues, 35% lessons):
 
 * a **story** (past tense, 8 to 14 sentences): a character, a friend, an object and places,
   with quoted speech, e.g. ``Once upon a time, there was a brave fox named Mara. ... "Look at my
@@ -18,9 +18,10 @@ Documents come in three kinds (half stories, 30% dialogues, 20% lessons):
 * a **dialogue** (present tense, ``Name: line`` turns separated by newlines), e.g.
   ``Tolo: What color is your kite?`` / ``Mara: My kite is red.``;
 * a **lesson**, a dialogue in which a teacher and a pupil play word games: repeat words, say them
-  backwards, name the last word, count them, plurals, past tenses, who has which object, e.g.
-  ``Mara: Say these words after me: red fox cup.`` / ``Tolo: red fox cup.`` /
-  ``Mara: Now say them backwards.`` / ``Tolo: cup fox red.``
+  backwards, name the first or last word, count them, plurals, past tenses, who has which object,
+  e.g. ``Mara: Say these words after me: red fox cup.`` / ``Tolo: red fox cup.`` /
+  ``Mara: Now say them backwards.`` / ``Tolo: cup fox red.`` or ``Mara: What is the past tense
+  of hop?`` / ``Tolo: The past tense of hop is hopped.``
 
 Facts stay consistent within a document (the colour asked about is the colour given, the object
 that gets lost is the one found earlier), so there is more to learn than word frequencies. The
@@ -351,26 +352,39 @@ GAME_WORDS = sorted(set(COLORS + ANIMALS + OBJECTS + FOODS + THING_ADJECTIVES))
 
 
 def _word_game(rng: random.Random, a: str, b: str) -> list[str]:
-    words = rng.sample(GAME_WORDS, rng.randint(2, 6))
+    words = rng.sample(GAME_WORDS, rng.randint(2, 7))
+    if rng.random() < 0.3:  # backwards straight away, with no repetition to lean on
+        return [f"{a}: Say these words backwards: {' '.join(words)}.", f"{b}: {' '.join(words[::-1])}."]
     turns = [f"{a}: Say these words after me: {' '.join(words)}.", f"{b}: {' '.join(words)}."]
     follow_ups = [
         [f"{a}: Now say them backwards.", f"{b}: {' '.join(words[::-1])}."],
         [f"{a}: Which word did I say last?", f"{b}: You said {words[-1]} last."],
+        [f"{a}: Which word did I say first?", f"{b}: You said {words[0]} first."],
         [f"{a}: How many words was that?", f"{b}: That was {NUMBERS[len(words) - 1]} words."],
     ]
-    for pair in rng.sample(follow_ups, rng.randint(1, 2)):
+    for pair in rng.sample(follow_ups, rng.randint(1, 3)):
         turns += pair
     return turns
 
 
 def _plural_game(rng: random.Random, a: str, b: str) -> list[str]:
-    noun = rng.choice(ANIMALS + OBJECTS + FOODS + PLACES)
-    return [f"{a}: I see one {noun}. What if there are two?", f"{b}: Then you see two {plural(noun)}."]
+    turns = []
+    for noun in rng.sample(ANIMALS + OBJECTS + FOODS + PLACES, rng.randint(1, 3)):
+        if rng.random() < 0.5:
+            turns += [f"{a}: I see one {noun}. What if there are two?", f"{b}: Then you see two {plural(noun)}."]
+        else:
+            turns += [f"{a}: What is the plural of {noun}?", f"{b}: The plural of {noun} is {plural(noun)}."]
+    return turns
 
 
 def _past_game(rng: random.Random, a: str, b: str) -> list[str]:
-    verb = rng.choice(ACTIVITIES + THING_ACTIONS + FOOD_ACTIONS)
-    return [f"{a}: Today I {verb}. What about yesterday?", f"{b}: Yesterday you {past(verb)}."]
+    turns = []
+    for verb in rng.sample(ACTIVITIES + THING_ACTIONS + FOOD_ACTIONS, rng.randint(1, 3)):
+        if rng.random() < 0.5:
+            turns += [f"{a}: Today I {verb}. What about yesterday?", f"{b}: Yesterday you {past(verb)}."]
+        else:
+            turns += [f"{a}: What is the past tense of {verb}?", f"{b}: The past tense of {verb} is {past(verb)}."]
+    return turns
 
 
 def _owner_game(rng: random.Random, a: str, b: str) -> list[str]:
@@ -383,19 +397,20 @@ def _owner_game(rng: random.Random, a: str, b: str) -> list[str]:
 
 
 LESSON_GAMES = [_word_game, _plural_game, _past_game, _owner_game]
+GAME_WEIGHTS = [3, 1, 1, 1]  # word games come up most: copying words out of the context is the skill the others build on
 
 
 def make_lesson(rng: random.Random) -> str:
-    """One lesson: a teacher and a pupil play two or three word games, then say goodbye."""
+    """One lesson: a teacher and a pupil play three to five word games, then say goodbye."""
     (a, _), (b, _) = rng.sample(NAMES, 2)
     turns = [f"{a}: Good {rng.choice(TIMES[:3])}, {b}! Let us play some word games.", f"{b}: Yes, please!"]
-    for game in rng.choices(LESSON_GAMES, k=rng.randint(2, 3)):
+    for game in rng.choices(LESSON_GAMES, GAME_WEIGHTS, k=rng.randint(3, 5)):
         turns += game(rng, a, b)
     turns += [f"{a}: Well done, {b}!", f"{b}: Thank you, {a}!"]
     return use_an("\n".join(turns))
 
 
-def make_document(rng: random.Random, p_story: float = 0.5, p_dialogue: float = 0.3) -> str:
+def make_document(rng: random.Random, p_story: float = 0.4, p_dialogue: float = 0.25) -> str:
     """A story with probability ``p_story``, a dialogue with ``p_dialogue``, else a lesson."""
     r = rng.random()
     if r < p_story:
@@ -459,6 +474,39 @@ def lm_loader(texts: Sequence[str], tokenizer, *, batch_size: int = 16, shuffle:
 
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(list(texts), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+
+
+def packed_loader(texts: Sequence[str], tokenizer, *, block_size: int = 256, batch_size: int = 16,
+                  shuffle: bool = True, seed: int = 0) -> DataLoader:
+    """Batches for pretraining with no padding: documents packed into rows of ``block_size`` tokens.
+
+    Every document is written as ``eos + tokens`` into one stream that ends with ``eos`` (so each
+    document sits between two ``<|endoftext|>``, as in ``lm_loader``), and the stream is cut into
+    rows of ``block_size`` tokens; the last, partial row is dropped. A row may hold the end of one
+    document and the start of the next (GPT-2 and nanoGPT pretrain this way): every position
+    carries a real token, where padding to the longest document of a batch wastes about a third
+    of the compute on this corpus. Returns dicts ``input_ids``, ``attention_mask`` (all ones) and
+    ``labels`` (equal to ``input_ids``), each ``(B, block_size)``.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("packed_loader needs a tokenizer with an eos token to separate documents")
+    if not isinstance(block_size, int) or block_size < 2:
+        raise ValueError(f"block_size must be an integer of at least 2, got {block_size!r}")
+    stream = [tokenizer.eos_token_id]
+    for ids in tokenizer(list(texts))["input_ids"] if len(texts) else []:
+        stream += ids + [tokenizer.eos_token_id]
+    rows = len(stream) // block_size
+    if rows == 0:
+        raise ValueError(f"packed_loader got {len(stream)} tokens, fewer than one row of block_size={block_size}; "
+                         f"give more text or a smaller block_size")
+    blocks = torch.tensor(stream[:rows * block_size]).view(rows, block_size)  # (N, block_size)
+
+    def collate(batch):
+        input_ids = torch.stack(batch)  # (B, block_size)
+        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(list(blocks), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
 
 
 def unigram_perplexity(train_ids: Sequence[int], eval_ids: Sequence[int], vocab_size: int) -> float:
