@@ -257,9 +257,10 @@ def test_adapter_disabled_reference_needs_adapters(tiny_gpt2_chat):
 
 
 def test_mixed_demonstrations_answer_with_chosen_or_rejected_at_random():
-    pairs = [{"prompt": f"p{i}", "chosen": f"good{i}", "rejected": f"bad{i}"} for i in range(200)]
-    demos = mixed_demonstrations(pairs, seed=0)
-    assert [d["prompt"] for d in demos] == [p["prompt"] for p in pairs]
+    pairs = [{"kind": "polite", "prompt": f"p{i}", "chosen": f"good{i}", "rejected": f"bad{i}"} for i in range(200)]
+    demos = mixed_demonstrations(pairs + [{"kind": "correct", "prompt": "q", "chosen": "right", "rejected": "wrong"}],
+                                 seed=0)
+    assert [d["prompt"] for d in demos] == [p["prompt"] for p in pairs]  # instruction pairs left out
     good = sum(d["answer"].startswith("good") for d in demos)
     assert all(d["answer"] in (p["chosen"], p["rejected"]) for d, p in zip(demos, pairs))
     assert 70 < good < 130 and demos == mixed_demonstrations(pairs, seed=0)

@@ -371,16 +371,21 @@ def train_sft(model: nn.Module, tokenizer, examples: Sequence[dict], *, num_step
     return fit(model, data, num_steps=num_steps, lr=lr, **fit_options)
 
 
-def mixed_demonstrations(pairs: Sequence[dict], seed: int = 0) -> list[dict]:
-    """SFT examples ``{"prompt", "answer"}`` from preference pairs, answered well or badly at random.
+def mixed_demonstrations(pairs: Sequence[dict], seed: int = 0,
+                         kinds: Sequence[str] = ("grammar", "polite")) -> list[dict]:
+    """SFT examples ``{"prompt", "answer"}`` from the conversational preference pairs, answered well or badly at random.
 
-    Each pair gives one demonstration whose answer is its chosen or its rejected response with
-    probability 1/2 each: demonstrations of mixed quality, as dialogue collected from anywhere
-    would be. A model fine-tuned on them imitates both (polite and rude replies, sentences and
-    word salad), which is the behaviour a reward model, PPO and DPO then improve on.
+    Each pair of one of ``kinds`` gives one demonstration whose answer is its chosen or its rejected
+    response with probability 1/2 each: demonstrations of mixed quality, as dialogue collected from
+    anywhere would be. A model fine-tuned on them imitates both (polite and rude replies, sentences
+    and word salad), which is the behaviour a reward model, PPO and DPO then improve on. Pairs of
+    the ``"correct"`` kind are left out by default: their prompts are instructions, whose
+    demonstrations come from the curated ``ftlab.tasks.instructions`` (wrong answers there teach
+    a small model the mistake itself, e.g. to drop the last word when asked to repeat).
     """
     rng = random.Random(seed)
-    return [{"prompt": p["prompt"], "answer": p["chosen"] if rng.random() < 0.5 else p["rejected"]} for p in pairs]
+    return [{"prompt": p["prompt"], "answer": p["chosen"] if rng.random() < 0.5 else p["rejected"]}
+            for p in pairs if p.get("kind") in kinds]
 
 
 def sft_experiment(method: str = "full", *, model_name: str = "tiny", num_steps: int | None = None,
@@ -408,7 +413,7 @@ def sft_experiment(method: str = "full", *, model_name: str = "tiny", num_steps:
     test = data["test"][:num_test or pick(len(data["test"]), 48)]
     before = evaluate_exact_match(model, tokenizer, test)
     model = apply(model, method, **method_options)  # prompt and prefix tuning return a wrapper
-    lr = lr or (2e-3 if method == "full" else 3e-3)
+    lr = lr or (5e-4 if method == "full" else 3e-3)
     start = time.time()
     history = train_sft(model, tokenizer, train, num_steps=num_steps or pick(800, 20), lr=lr, batch_size=batch_size,
                         seed=seed, warmup_steps=pick(30, 2), progress=progress)
@@ -422,7 +427,7 @@ def sft_experiment(method: str = "full", *, model_name: str = "tiny", num_steps:
 
 # The SFT model that the reward model, PPO and DPO start from (notebooks 10 to 12): fixed settings, sized so that
 # training takes about 3 minutes on a 2-core laptop CPU (FAST mode: seconds).
-SFT_SETTINGS = {"method": "full", "with_preferences": True, "num_steps": pick(400, 20), "lr": 2e-3, "batch_size": 16,
+SFT_SETTINGS = {"method": "full", "with_preferences": True, "num_steps": pick(1200, 20), "lr": 5e-4, "batch_size": 16,
                 "seed": 0}
 
 
