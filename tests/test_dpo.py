@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ftlab
-from ftlab.align.dpo import dpo_batch, dpo_loss, preference_accuracy, train_dpo
+from ftlab.align.dpo import chosen_nll, dpo_batch, dpo_loss, preference_accuracy, train_dpo
 from ftlab.align.sft import frozen_copy, preference_loader, response_logprobs
 
 from builders import PAIRS
@@ -55,6 +55,29 @@ def test_dpo_uses_summed_response_logprobs(tiny_gpt2_chat):
     assert torch.allclose(chosen, 0.2 * (pc - rc), atol=1e-12, rtol=0)
     assert torch.allclose(rejected, 0.2 * (pr - rr), atol=1e-12, rtol=0)
     assert loss.item() == pytest.approx(-torch.nn.functional.logsigmoid(chosen - rejected).mean().item(), abs=1e-12)
+
+
+def test_chosen_nll_is_the_models_own_sft_loss_on_the_chosen_responses(tiny_gpt2_chat):
+    model, tokenizer = tiny_gpt2_chat
+    batch = next(iter(preference_loader(PAIRS, tokenizer, max_length=64, batch_size=4)))
+    with torch.no_grad():
+        expected = model(**batch["chosen"]).loss  # mean cross-entropy over the labelled (response) tokens
+        assert chosen_nll(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_sft_weight_keeps_the_chosen_responses_likely(tiny_gpt2_chat):
+    model, tokenizer = tiny_gpt2_chat
+    batch = next(iter(preference_loader(PAIRS, tokenizer, max_length=64, batch_size=4)))
+    runs = {}
+    for weight in (0.0, 1.0):
+        policy, reference = frozen_copy(model).requires_grad_(True), frozen_copy(model)
+        train_dpo(policy, tokenizer, PAIRS, reference=reference, beta=0.1, sft_weight=weight, num_steps=15, lr=3e-3,
+                  batch_size=4, progress=False, device="cpu")
+        with torch.no_grad():
+            runs[weight] = chosen_nll(policy, batch).item()
+    assert runs[1.0] < runs[0.0]  # the NLL term pulls the chosen answers' likelihood up
+    with pytest.raises(ValueError, match="sft_weight"):
+        train_dpo(model, tokenizer, PAIRS, reference=frozen_copy(model), sft_weight=-1.0, num_steps=1)
 
 
 def test_full_dpo_raises_preference_accuracy_and_keeps_the_frozen_reference_bit_identical(tiny_gpt2_chat):

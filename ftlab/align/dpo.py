@@ -10,6 +10,12 @@ where log pi(y | x) is summed over the response tokens only (``ftlab.align.sft.r
 and pi_ref is the frozen SFT model: the policy with its adapters disabled, or a frozen copy.
 The implicit rewards beta log pi(y | x) / pi_ref(y | x) of chosen and rejected responses are
 logged; preference accuracy is the fraction of pairs whose chosen reward is the higher.
+
+DPO only asks the chosen log-ratio to beat the rejected one, so both may fall: on a small model
+the probability of ending a response falls with them, and greedy answers run on ("I am glad you
+you you ..."). ``sft_weight`` adds the SFT loss on the chosen responses (mean negative
+log-likelihood per token), which keeps the chosen answers likely: the "DPO + NLL" loss of Pang et
+al. 2024 (Iterative Reasoning Preference Optimization, eq. 2), trl's ``rpo_alpha``.
 """
 from __future__ import annotations
 
@@ -56,6 +62,13 @@ def dpo_batch(policy: nn.Module, batch: dict, reference: nn.Module | None = None
                     ref_chosen, ref_rejected, beta)
 
 
+def chosen_nll(policy: nn.Module, batch: dict) -> torch.Tensor:
+    """The SFT loss on the chosen responses of a ``preference_loader`` batch: mean -log pi per response token."""
+    chosen = batch["chosen"]
+    tokens = (chosen["labels"][:, 1:] != -100).sum()  # the model predicts token t+1 from position t
+    return -response_logprobs(policy, chosen).sum() / tokens
+
+
 @torch.no_grad()
 def preference_accuracy(policy: nn.Module, data: Iterable, reference: nn.Module | None = None,
                         beta: float = 0.1) -> dict:
@@ -82,14 +95,17 @@ def preference_accuracy(policy: nn.Module, data: Iterable, reference: nn.Module 
 
 
 def train_dpo(policy: nn.Module, tokenizer, pairs: Sequence[dict], *, reference: nn.Module | None = None,
-              beta: float = 0.1, num_steps: int, lr: float = 1e-4, batch_size: int = 16, seed: int = 0,
-              **fit_options) -> dict:
+              beta: float = 0.1, sft_weight: float = 0.0, num_steps: int, lr: float = 1e-4, batch_size: int = 16,
+              seed: int = 0, **fit_options) -> dict:
     """Train ``policy`` with the DPO loss on ``{"prompt", "chosen", "rejected"}`` pairs, with ``ftlab.train.fit``.
 
     ``reference``: a frozen model (``frozen_copy(policy)`` made before training) or None for the
     policy with adapters disabled. A reference sharing trainable weights with the policy raises
-    ValueError. The history adds ``"chosen_reward"`` and ``"rejected_reward"`` (batch means).
+    ValueError. ``sft_weight`` > 0 adds that multiple of ``chosen_nll`` to the loss. The history adds
+    ``"chosen_reward"`` and ``"rejected_reward"`` (batch means).
     """
+    if not sft_weight >= 0:
+        raise ValueError(f"sft_weight must be 0 (plain DPO) or positive, got {sft_weight!r}")
     if reference is None:
         check_adapters(policy)
     else:
@@ -103,14 +119,15 @@ def train_dpo(policy: nn.Module, tokenizer, pairs: Sequence[dict], *, reference:
         loss, chosen, rejected = dpo_batch(model, batch, reference, beta)
         rewards["chosen_reward"].append(chosen.mean().item())
         rewards["rejected_reward"].append(rejected.mean().item())
-        return loss
+        return loss + sft_weight * chosen_nll(model, batch) if sft_weight else loss
 
     history = fit(policy, data, num_steps=num_steps, lr=lr, loss_fn=loss_fn, **fit_options)
     return {**history, **rewards}
 
 
 def dpo_experiment(sft_model: nn.Module, tokenizer, reward_model: nn.Module | None = None, *,
-                   method: str = "lora", beta: float = 0.1, num_steps: int | None = None, lr: float | None = None,
+                   method: str = "lora", beta: float = 0.1, sft_weight: float = 0.0, num_steps: int | None = None,
+                   lr: float | None = None,
                    batch_size: int = 16, num_test: int | None = None, seed: int = 0, progress: bool = True,
                    **method_options) -> dict:
     """DPO from an SFT model on ``ftlab.tasks.preferences``; held-out preference accuracy and win rate.
@@ -137,7 +154,7 @@ def dpo_experiment(sft_model: nn.Module, tokenizer, reward_model: nn.Module | No
     test = preference_loader(test_pairs, tokenizer, max_length=max_positions(policy), batch_size=64)
     before = preference_accuracy(policy, test, reference, beta)
     start = time.time()
-    history = train_dpo(policy, tokenizer, data["train"], reference=reference, beta=beta,
+    history = train_dpo(policy, tokenizer, data["train"], reference=reference, beta=beta, sft_weight=sft_weight,
                         num_steps=num_steps or pick(300, 20), lr=lr or (1e-4 if method == "full" else 1e-3),
                         batch_size=batch_size, seed=seed, warmup_steps=pick(30, 2), progress=progress)
     seconds = time.time() - start
