@@ -174,7 +174,7 @@ def reward_experiment(base_model: nn.Module | None = None, tokenizer=None, *, nu
 
 # The reward model of notebooks 11 and 12, on the SFT model's backbone (as Ouyang et al. 2022 do): fixed settings,
 # sized so that training takes about 2 minutes on a 2-core laptop CPU (FAST mode: seconds).
-REWARD_SETTINGS = {"num_steps": pick(150, 20), "lr": 5e-4, "batch_size": 16, "seed": 0}
+REWARD_SETTINGS = {"num_steps": pick(300, 20), "lr": 3e-4, "batch_size": 16, "seed": 0}
 
 
 def reward_model(*, cache_dir=None, refresh: bool = False, progress: bool = True) -> dict:

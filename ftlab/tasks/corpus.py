@@ -461,7 +461,7 @@ def lm_loader(texts: Sequence[str], tokenizer, *, batch_size: int = 16, shuffle:
         raise ValueError("lm_loader needs a tokenizer with bos, eos and pad tokens (set tokenizer.pad_token)")
 
     def collate(batch):
-        ids = [[tokenizer.bos_token_id] + tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in batch]
+        ids = [[tokenizer.bos_token_id] + tokenizer(t, verbose=False)["input_ids"] + [tokenizer.eos_token_id] for t in batch]
         ids = [x[:max_length] for x in ids]
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
@@ -493,7 +493,7 @@ def packed_loader(texts: Sequence[str], tokenizer, *, block_size: int = 256, bat
     if not isinstance(block_size, int) or block_size < 2:
         raise ValueError(f"block_size must be an integer of at least 2, got {block_size!r}")
     stream = [tokenizer.eos_token_id]
-    for ids in tokenizer(list(texts))["input_ids"] if len(texts) else []:
+    for ids in tokenizer(list(texts), verbose=False)["input_ids"] if len(texts) else []:  # rows are cut below
         stream += ids + [tokenizer.eos_token_id]
     rows = len(stream) // block_size
     if rows == 0:
