@@ -87,8 +87,26 @@ def test_lesson_answers_are_right():
                 continue
             checked[" ".join(question.split()[:4]) if "Who has" not in question else "Who has"] += 1
     games = {"Say these words after", "Say these words backwards:", "Now say them backwards.", "Which word did I",
-             "How many words was", "I see one " , "What is the plural", "Today I", "What is the past", "Who has"}
-    assert all(any(key.startswith(game.strip()) for key in checked) for game in games), sorted(checked)
+             "How many words was", "I see one", "What is the plural", "Today I", "What is the past", "Who has"}
+    assert all(any(key.startswith(game) for key in checked) for game in games), sorted(checked)
+
+
+def test_lesson_probes_are_cut_from_real_lessons_with_the_pupils_right_reply():
+    probes = corpus.lesson_probes(12, seed=3)
+    assert {game: len(found) for game, found in probes.items()} == {"repeat": 12, "who has": 12}
+    assert probes == corpus.lesson_probes(12, seed=3)
+    for game, found in probes.items():
+        for prompt, reply in found:
+            *context, question, pupil = prompt.split("\n")
+            assert context[0].endswith("Let us play some word games.") and re.fullmatch(r"[A-Z][a-z]+:", pupil)
+            asked = question.split(": ", 1)[1]
+            if game == "repeat":
+                assert reply == asked.removeprefix("Say these words after me: ")
+            else:
+                thing = asked.split()[-1].rstrip("?")
+                owner = re.search(rf"(\w+) has an? \w+ {thing}\b", asked).group(1)
+                assert reply == f"{owner} has the {thing}."
+            assert not any(line.endswith(reply) for line in context)  # no earlier answer to copy
 
 
 def test_dialogue_answers_match_their_questions():

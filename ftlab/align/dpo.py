@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab.align.sft import (as_reference, check_adapters, check_reference, frozen_copy, max_positions,
+from ftlab.align.sft import (IGNORE, as_reference, check_adapters, check_reference, frozen_copy, max_positions,
                              preference_loader, response_logprobs)
 from ftlab.config import pick, seed_everything
 from ftlab.methods._inject import tuned_layers
@@ -65,7 +65,7 @@ def dpo_batch(policy: nn.Module, batch: dict, reference: nn.Module | None = None
 def chosen_nll(policy: nn.Module, batch: dict) -> torch.Tensor:
     """The SFT loss on the chosen responses of a ``preference_loader`` batch: mean -log pi per response token."""
     chosen = batch["chosen"]
-    tokens = (chosen["labels"][:, 1:] != -100).sum()  # the model predicts token t+1 from position t
+    tokens = (chosen["labels"][:, 1:] != IGNORE).sum()  # the model predicts token t+1 from position t
     return -response_logprobs(policy, chosen).sum() / tokens
 
 
@@ -127,9 +127,8 @@ def train_dpo(policy: nn.Module, tokenizer, pairs: Sequence[dict], *, reference:
 
 def dpo_experiment(sft_model: nn.Module, tokenizer, reward_model: nn.Module | None = None, *,
                    method: str = "lora", beta: float = 0.1, sft_weight: float = 0.0, num_steps: int | None = None,
-                   lr: float | None = None,
-                   batch_size: int = 16, num_test: int | None = None, seed: int = 0, progress: bool = True,
-                   **method_options) -> dict:
+                   lr: float | None = None, batch_size: int = 16, num_test: int | None = None, seed: int = 0,
+                   progress: bool = True, **method_options) -> dict:
     """DPO from an SFT model on ``ftlab.tasks.preferences``; held-out preference accuracy and win rate.
 
     The policy is a copy of ``sft_model`` with ``ftlab.apply(policy, method)``; with adapters

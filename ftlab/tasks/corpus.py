@@ -410,6 +410,29 @@ def make_lesson(rng: random.Random) -> str:
     return use_an("\n".join(turns))
 
 
+def lesson_probes(n: int, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
+    """Lesson questions to put to a pretrained model: ``{"repeat": [(prompt, reply), ...], "who has": [...]}``.
+
+    ``n`` probes of each game, cut from fresh lessons (``make_lesson``, so exactly the corpus's
+    format): the prompt is the lesson up to the first "Say these words after me: ..." or "Who has
+    the ...?" turn and the pupil's name after it, e.g. ``"...\nMara: Say these words after me: red
+    fox.\nTolo:"``; the reply is the pupil's line (``"red fox."``). Earlier turns of the lesson are
+    other games, so the context never holds an answer to the same question.
+    """
+    rng = random.Random(seed)
+    probes: dict[str, list[tuple[str, str]]] = {"repeat": [], "who has": []}
+    while min(len(found) for found in probes.values()) < n:
+        turns = make_lesson(rng).split("\n")
+        for k, turn in enumerate(turns[:-1]):
+            game = "repeat" if "Say these words after me:" in turn else "who has" if "Who has the" in turn else None
+            if game is not None:
+                if len(probes[game]) < n:
+                    pupil, reply = turns[k + 1].split(": ", 1)
+                    probes[game].append(("\n".join(turns[:k + 1]) + f"\n{pupil}:", reply))
+                break  # one probe per lesson, the first of its kind
+    return probes
+
+
 def make_document(rng: random.Random, p_story: float = 0.4, p_dialogue: float = 0.25) -> str:
     """A story with probability ``p_story``, a dialogue with ``p_dialogue``, else a lesson."""
     r = rng.random()
@@ -461,7 +484,8 @@ def lm_loader(texts: Sequence[str], tokenizer, *, batch_size: int = 16, shuffle:
         raise ValueError("lm_loader needs a tokenizer with bos, eos and pad tokens (set tokenizer.pad_token)")
 
     def collate(batch):
-        ids = [[tokenizer.bos_token_id] + tokenizer(t, verbose=False)["input_ids"] + [tokenizer.eos_token_id] for t in batch]
+        ids = [tokenizer(t, verbose=False)["input_ids"] for t in batch]  # no length warning: cut just below
+        ids = [[tokenizer.bos_token_id] + x + [tokenizer.eos_token_id] for x in ids]
         ids = [x[:max_length] for x in ids]
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
@@ -492,8 +516,9 @@ def packed_loader(texts: Sequence[str], tokenizer, *, block_size: int = 256, bat
         raise ValueError("packed_loader needs a tokenizer with an eos token to separate documents")
     if not isinstance(block_size, int) or block_size < 2:
         raise ValueError(f"block_size must be an integer of at least 2, got {block_size!r}")
+    documents = tokenizer(list(texts), verbose=False)["input_ids"] if len(texts) else []  # rows are cut below
     stream = [tokenizer.eos_token_id]
-    for ids in tokenizer(list(texts), verbose=False)["input_ids"] if len(texts) else []:  # rows are cut below
+    for ids in documents:
         stream += ids + [tokenizer.eos_token_id]
     rows = len(stream) // block_size
     if rows == 0:
