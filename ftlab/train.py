@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 
 from ftlab.config import device as default_device
 
+IGNORE_INDEX = -100  # the label cross-entropy skips: prompt and padding positions, unscored tokens
+
 
 def to_device(batch, device: torch.device | str):
     """Move every tensor in a batch (dict, tuple or list, nested) to ``device``."""
