@@ -28,10 +28,9 @@ import time
 import pandas as pd
 
 from ftlab.config import pick, seed_everything
-from ftlab.measure import count_parameters, memory_report, time_step
+from ftlab.measure import MEMORY_PARTS, count_parameters, memory_report, time_step
 from ftlab.methods import apply, available
 from ftlab.train import evaluate, fit
-from ftlab.viz import MEMORY_PARTS
 
 TASKS: dict[str, str] = {
     "sentiment": "MiniLM (BERT) classifies short reviews as positive or negative; test accuracy on unseen adjectives",
@@ -243,11 +242,6 @@ def default_budget(task: str) -> dict:
     sizes = {"sentiment": None, "digits": None, "cells": None, "instructions": {"test": 120}}
     return {"num_steps": pick(DEFAULT_STEPS[task], 3), "batch_size": pick(16, 8), "sizes": pick(sizes[task],
             fast_sizes[task]), "labels_per_class": pick(10, 2)}
-
-
-def memory_rows(df: pd.DataFrame) -> list[dict]:
-    """``compare``'s table as rows for ``ftlab.viz.plot_memory``: a ``name`` and the bytes of each part."""
-    return [{"name": row["method"], **{part: row[part] for part in MEMORY_PARTS}} for row in df.to_dict("records")]
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:

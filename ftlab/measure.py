@@ -21,6 +21,9 @@ import torch
 
 from ftlab.train import default_loss, to_device
 
+# The parts of one training step's memory that memory_report returns, in the order plots stack them.
+MEMORY_PARTS = ["weights_trainable", "weights_frozen", "buffers", "gradients", "optimizer_state", "activations"]
+
 
 def count_parameters(model: torch.nn.Module, verbose: bool = False) -> dict:
     """Count trainable and total parameters: ``{"trainable", "total", "percent"}``.

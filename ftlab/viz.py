@@ -9,7 +9,7 @@ from typing import Sequence
 
 import matplotlib.pyplot as plt
 
-MEMORY_PARTS = ["weights_trainable", "weights_frozen", "buffers", "gradients", "optimizer_state", "activations"]
+from ftlab.measure import MEMORY_PARTS
 
 
 def plot_memory(rows: Sequence[dict], unit: str = "MB", ax=None):
@@ -331,11 +331,14 @@ def plot_storage_curve(curve, unit: str = "MB"):
     return fig
 
 
+def memory_rows(df) -> list[dict]:
+    """``ftlab.compare.compare``'s table as rows for ``plot_memory``: a ``name`` and the bytes of each part."""
+    return [{"name": row["method"], **{part: row[part] for part in MEMORY_PARTS}} for row in df.to_dict("records")]
+
+
 def plot_comparison(df, metric: str | None = None):
     """Two panels from ``ftlab.compare.compare``'s table: trainable parameters (log scale) against the task's
     metric, and the memory of one training step as stacked bars (weights, gradients, optimizer state, activations)."""
-    from ftlab.compare import memory_rows
-
     metric = metric or df.attrs.get("metric", "test accuracy")
     fig, (ax_params, ax_memory) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
     plot_params_vs_accuracy(df, y=metric, ax=ax_params)

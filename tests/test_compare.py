@@ -6,7 +6,7 @@ import pytest
 
 from ftlab.__main__ import main
 from ftlab.compare import applicable_methods, compare, rank_sweep, summary_table
-from ftlab.viz import MEMORY_PARTS
+from ftlab.measure import MEMORY_PARTS
 
 TINY = {"num_steps": 1, "batch_size": 4, "sizes": {"train": 8, "validation": 4, "test": 8}}
 
