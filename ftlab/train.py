@@ -246,21 +246,22 @@ def checkpointed(model: torch.nn.Module):
             loss = default_loss(model, batch)   # saves far fewer activations
             loss.backward()                     # runs each checkpointed block's forward again
 
-    transformers models use their own switch (``gradient_checkpointing_enable`` with
-    ``use_reentrant=False``, which needs no input that requires grad, so it works with frozen
-    embeddings); a torchvision ResNet gets each stage swapped for a ``CheckpointedStage``.
+    transformers models use their own switch (``activation_checkpointing_enable``, formerly
+    ``gradient_checkpointing_enable``) with ``use_reentrant=False``, which needs no input that
+    requires grad, so it works with frozen embeddings; a torchvision ResNet gets each stage
+    swapped for a ``CheckpointedStage``.
     """
     targets = checkpoint_targets(model)
     if not targets:
-        raise ValueError(f"gradient checkpointing needs a transformers model (its gradient_checkpointing_enable) "
+        raise ValueError(f"gradient checkpointing needs a transformers model (its activation_checkpointing_enable) "
                          f"or a torchvision ResNet inside the model; {type(model).__name__} has neither. Wrap your "
                          "own blocks in torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)")
     undo = []
     for target in targets:
-        if hasattr(target, "gradient_checkpointing_enable"):
-            if not target.is_gradient_checkpointing:
-                target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                undo.append(target.gradient_checkpointing_disable)
+        if hasattr(target, "activation_checkpointing_enable"):
+            if not target.is_activation_checkpointing:
+                target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                undo.append(target.activation_checkpointing_disable)
         else:
             for name in ("layer1", "layer2", "layer3", "layer4"):
                 stage = getattr(target, name)
