@@ -262,6 +262,9 @@ def checkpointed(model: torch.nn.Module):
             if not target.is_activation_checkpointing:
                 target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
                 undo.append(target.activation_checkpointing_disable)
+            if getattr(target.config, "use_cache", False):  # a key-value cache is of no use in training
+                target.config.use_cache = False
+                undo.append(lambda config=target.config: setattr(config, "use_cache", True))
         else:
             for name in ("layer1", "layer2", "layer3", "layer4"):
                 stage = getattr(target, name)
