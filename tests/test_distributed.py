@@ -42,28 +42,45 @@ def trainable(model):
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def runs(per_process_batch, grad_accum_steps=1):
+def runs(per_process_batch, grad_accum_steps=1, device="cpu"):
     """The two runs of the test: a DataLoader over a dataset, and a list of batches (every N-th batch)."""
     from ftlab.train import fit
 
     results = {}
     loader = DataLoader(examples(), batch_size=per_process_batch, collate_fn=collate)
     model = lora_gpt2()
-    history = fit(model, loader, num_steps=STEPS, lr=1e-2, progress=False, device="cpu")
+    history = fit(model, loader, num_steps=STEPS, lr=1e-2, progress=False, device=device)
     results["loader"] = (trainable(model), history["loss"])
     batches = [collate(examples()[i:i + BATCH]) for i in range(0, 32, BATCH)]
     model = lora_gpt2()
     history = fit(model, batches, num_steps=STEPS, lr=1e-2, grad_accum_steps=grad_accum_steps, progress=False,
-                  device="cpu")
+                  device=device)
     results["list"] = (trainable(model), history["loss"])
     return results
 
 
-def worker(out: str) -> None:
+def compare_with_one_process(ddp_file, device="cpu") -> dict:
+    """Max |difference| of the LoRA weights of the 2-process runs (saved by ``worker``) and of one process over
+    the same global batch: a loader with batches of 2 x 2, and the list with 2 batches accumulated per step.
+    Asserts the losses match and that training moved the weights."""
+    ddp = torch.load(ddp_file, weights_only=True, map_location="cpu")
+    single = runs(2 * BATCH, grad_accum_steps=2, device=device)
+    initial = lora_gpt2().state_dict()
+    differences = {}
+    for name, (weights, loss) in single.items():
+        assert ddp[name]["weights"].keys() == weights.keys() and len(weights) == 4  # LoRA A, B on two c_attn
+        differences[name] = max((ddp[name]["weights"][k] - w.cpu()).abs().max().item() for k, w in weights.items())
+        assert ddp[name]["loss"] == pytest.approx(loss, rel=1e-5)  # the loss averaged over the processes
+        moved = max((w.cpu() - initial[k]).abs().max().item() for k, w in weights.items())
+        assert moved > 1e-3  # training changed the weights, so equal weights mean equal steps
+    return differences
+
+
+def worker(out: str, device: str = "cpu") -> None:
     """One of the torchrun processes: train both runs, rank 0 saves the weights and losses."""
     from ftlab import distributed
 
-    results = runs(BATCH)
+    results = runs(BATCH, device=device)
     print(f"rank {distributed.get_rank()} of {distributed.get_world_size()} done", flush=True)
     if distributed.is_main():
         torch.save({name: {"weights": weights, "loss": loss} for name, (weights, loss) in results.items()}, out)
@@ -82,16 +99,7 @@ def test_two_gloo_processes_train_the_same_lora_weights_as_one_process_over_the_
                           capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "rank 0 of 2 done" in done.stdout and "rank 1 of 2 done" not in done.stdout  # rank 0's output only
-    ddp = torch.load(out, weights_only=True)
-    # one process: a loader with the global batch (2 x 2), and the list of batches with 2 accumulated per step
-    single = runs(2 * BATCH, grad_accum_steps=2)
-    differences = {}
-    for name, (weights, loss) in single.items():
-        assert ddp[name]["weights"].keys() == weights.keys() and len(weights) == 4  # LoRA A, B on two c_attn
-        differences[name] = max((ddp[name]["weights"][k] - w).abs().max().item() for k, w in weights.items())
-        assert ddp[name]["loss"] == pytest.approx(loss, rel=1e-5)  # the loss averaged over the processes
-        moved = max((w - lora_gpt2().state_dict()[k]).abs().max().item() for k, w in weights.items())
-        assert moved > 1e-3  # training changed the weights, so equal weights mean equal steps
+    differences = compare_with_one_process(out)
     print("2 processes vs 1, max |difference| of the LoRA weights:", differences)
     assert max(differences.values()) < 1e-5
 
@@ -144,5 +152,5 @@ def test_torchrun_tool_turns_a_notebooks_code_cells_into_a_script(tmp_path):
                            "--local-ranks-filter=0", "demo.py", "--steps", "3"]
 
 
-if __name__ == "__main__":
-    worker(sys.argv[1])
+if __name__ == "__main__":  # under torchrun: test_distributed.py OUT_FILE [DEVICE]
+    worker(*sys.argv[1:])
