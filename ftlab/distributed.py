@@ -31,6 +31,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
+from ftlab import config
+
 
 def launched() -> bool:
     """True in a process that torchrun started as one of several (``WORLD_SIZE`` > 1)."""
@@ -58,7 +60,7 @@ def setup(device: torch.device | str | None = None) -> torch.device:
     On CUDA every process gets its own GPU, ``cuda:LOCAL_RANK`` (a plain "cuda" means that
     one), and the backend is NCCL; on the CPU the backend is gloo. The group is left at exit.
     """
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device is not None else config.device()
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":

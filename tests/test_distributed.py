@@ -129,7 +129,7 @@ def test_without_torchrun_fit_is_one_process():
     assert distributed.average(t) is t
 
 
-def test_torchrun_tool_turns_a_notebooks_code_cells_into_a_script(tmp_path):
+def test_torchrun_tool_turns_a_notebooks_code_cells_into_a_script(tmp_path, capsys):
     tool = load_tool()
     notebook = {"cells": [
         {"cell_type": "markdown", "source": ["# title"]},
@@ -147,6 +147,9 @@ def test_torchrun_tool_turns_a_notebooks_code_cells_into_a_script(tmp_path):
     assert tool.parse_cells("1,3-4", 6) == [1, 3, 4]
     with pytest.raises(ValueError, match="outside the notebook's cells 0-3"):
         tool.notebook_to_script(path, cells="2-9")
+    assert tool.main(["--print-script", str(path), "--cells", "1-2"]) == 0  # options after the path
+    printed = capsys.readouterr().out
+    assert "x = 1" in printed and "y = 2" not in printed
     command = tool.torchrun_command("demo.py", 2, ["--steps", "3"])
     assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "--local-ranks-filter=0", "demo.py", "--steps", "3"]

@@ -1,8 +1,8 @@
 """Run a notebook's experiment, or any Python file, in several processes with torchrun.
 
-    python tools/torchrun.py -n 2 notebooks/04_lora.ipynb --cells 5-9     # cells 5..9 of a notebook
-    python tools/torchrun.py -n 2 my_experiment.py -- --steps 100         # a script and its arguments
-    python tools/torchrun.py -n 4 --print-script notebooks/04_lora.ipynb  # show the script, run nothing
+    python tools/torchrun.py -n 2 notebooks/00_start_here.ipynb --cells 1-11   # cells 1..11 of a notebook
+    python tools/torchrun.py -n 2 my_experiment.py -- --steps 100               # a script and its arguments
+    python tools/torchrun.py --print-script notebooks/04_lora.ipynb             # show the script, run nothing
 
 Every process runs the whole script; each ``ftlab.train.fit`` in it trains one model together
 (DistributedDataParallel: see ``ftlab.distributed``): gloo on the CPU, NCCL with one GPU per
@@ -72,14 +72,16 @@ def torchrun_command(script: str | Path, nproc: int, args: list[str], all_ranks:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Arguments after -- go to the script.")
     parser.add_argument("path", help="a .ipynb notebook or a .py file")
     parser.add_argument("-n", "--nproc", type=int, default=2, help="processes (one GPU each on CUDA); default 2")
     parser.add_argument("--cells", help="a notebook's cells to run, e.g. 3-7 or 1,4-6 (default: all)")
     parser.add_argument("--all-ranks", action="store_true", help="show every process's output, not only rank 0's")
     parser.add_argument("--print-script", action="store_true", help="print the script a notebook becomes and stop")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="after --: arguments for the script")
-    options = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = argv[argv.index("--") + 1:] if "--" in argv else []  # after --: the script's own arguments
+    options = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     path = Path(options.path)
     if not path.is_file() or path.suffix not in (".py", ".ipynb"):
         parser.error(f"{path} is not a .py or .ipynb file")
@@ -87,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"-n must be at least 1, got {options.nproc}")
     if options.cells and path.suffix != ".ipynb":
         parser.error("--cells is for notebooks")
-    args = options.args[1:] if options.args[:1] == ["--"] else options.args
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "MPLBACKEND": "Agg"}
