@@ -198,12 +198,13 @@ def checkpoint_targets(model: torch.nn.Module) -> list[torch.nn.Module]:
     """
     import torchvision
 
-    found: list[torch.nn.Module] = []
-    for module in model.modules():
-        if any(module is inner for outer in found for inner in outer.modules()):
+    found, inside_found = [], set()
+    for module in model.modules():  # parents come before their children
+        if id(module) in inside_found:
             continue
         if getattr(module, "supports_gradient_checkpointing", False) or isinstance(module, torchvision.models.ResNet):
             found.append(module)
+            inside_found.update(id(m) for m in module.modules())
     return found
 
 
@@ -286,7 +287,7 @@ def _check_fit_options(model, train_data, *, num_steps, lr, optimizer, weight_de
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_positive_int("num_steps", num_steps)
-    check_number("lr", lr, minimum=0.0, strict_minimum=True)
+    check_number("lr", lr, minimum=0.0)  # 0 is allowed: a run that changes nothing, as a baseline
     check_number("weight_decay", weight_decay, minimum=0.0)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for AdamW), got {type(optimizer).__name__}")
@@ -429,9 +430,10 @@ def fit(
       (``checkpointed``); the model is as before afterwards.
     * ``grad_accum_steps=k``: each optimizer step adds the gradients of ``k`` batches, each
       batch's mean loss weighted 1/k, so one step equals one step on a batch k times larger
-      when every batch scores the same number of items (equal-size classification batches).
-      Language-model batches that differ in the number of scored tokens are weighted per batch,
-      not per token, as in most trainers.
+      when every batch scores the same number of items (equal-size classification batches,
+      language-model batches with as many scored tokens). Otherwise it is close, not equal: a
+      batch with fewer scored tokens counts as much as one with more (weighted per batch, not
+      per token), and BatchNorm normalises each batch with its own statistics.
     * Under ``torchrun --nproc_per_node N`` fit trains with DistributedDataParallel: each process
       takes its share of ``train_data`` (``ftlab.distributed``), gradients and the recorded loss
       are averaged across processes, only rank 0 shows progress. Every process evaluates the
