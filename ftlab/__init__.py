@@ -2,6 +2,7 @@
 from ftlab.config import FAST, device, seed_everything
 from ftlab.measure import count_parameters, memory_report, time_step
 from ftlab.train import evaluate, fit
+from ftlab.train import lr_find
 
 __version__ = "0.1.0"
 from ftlab.methods import apply

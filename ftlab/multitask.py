@@ -30,7 +30,7 @@ from torch import nn
 from ftlab.config import seed_everything
 from ftlab.methods import apply
 from ftlab.methods._inject import active_adapter, adapter_names, set_adapter, tuned_layers
-from ftlab.train import _cycle, evaluate, fit
+from ftlab.train import cycle, evaluate, fit
 
 HEAD_ATTRIBUTES = ("classifier", "score", "fc")  # transformers' and torchvision's classification heads
 SAMPLINGS = ("proportional", "temperature", "round_robin")
@@ -247,7 +247,7 @@ class Mixture:
     def __iter__(self):
         order = self.task_order(self.num_batches, self.seed + self.passes)
         self.passes += 1
-        streams = {task: _cycle(data) for task, data in self.loaders.items()}
+        streams = {task: cycle(data) for task, data in self.loaders.items()}
         for task in order:
             yield tag(next(streams[task]), task)
 

@@ -373,3 +373,62 @@ def plot_ppo(histories: dict[str, dict]):
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ---- train
+
+def plot_train_val(history: dict, smooth: int = 5):
+    """Training loss against validation loss for one ``fit`` history, with the best step marked.
+
+    The training loss of every step (light) and its moving average over ``smooth`` steps; the
+    validation loss at each evaluation (dots). A gap that opens while the training loss keeps
+    falling is overfitting; the dashed line is ``history["best_step"]``, the dotted one the step
+    where early stopping stopped (``history["stopped_step"]``), if it did.
+    """
+    if not history["eval_step"]:
+        raise ValueError("the history has no validation results: run fit with eval_data= and eval_every=")
+    steps, losses = history["step"], history["loss"]
+    averaged = [sum(losses[max(0, i - smooth + 1): i + 1]) / len(losses[max(0, i - smooth + 1): i + 1])
+                for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot(steps, losses, color="C0", alpha=0.25, linewidth=1)
+    ax.plot(steps, averaged, color="C0", label=f"training loss (mean of {smooth} steps)")
+    ax.plot(history["eval_step"], [e["loss"] for e in history["eval"]], "o-", color="C1", markersize=4,
+            label="validation loss")
+    best = history.get("best_step")
+    if best is not None:
+        ax.axvline(best, color="C2", linestyle="--", label=f"best step {best}")
+    stopped = history.get("stopped_step")
+    if stopped is not None:
+        ax.axvline(stopped, color="C3", linestyle=":", label=f"stopped at {stopped}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_lr_find(result: dict, ax=None):
+    """The learning-rate range test of ``ftlab.lr_find``: loss against rate on a log axis.
+
+    The raw loss of each step (light), the smoothed curve, the rate at its minimum and the
+    suggestion (the minimum's rate / 10) marked. ``ax``: draw into this Axes (e.g. to put full
+    fine-tuning and LoRA side by side) instead of a new figure.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    fig = ax.figure
+    ax.plot(result["lrs"], result["losses"], color="C0", alpha=0.3, linewidth=1, label="loss")
+    ax.plot(result["lrs"], result["smoothed"], color="C0", label="smoothed")
+    i_min = result["lrs"].index(result["lr_min"])
+    ax.plot([result["lr_min"]], [result["smoothed"][i_min]], "o", color="C3",
+            label=f"minimum at {result['lr_min']:.1e}")
+    ax.axvline(result["suggestion"], color="C2", linestyle="--", label=f"suggestion {result['suggestion']:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
