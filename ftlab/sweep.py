@@ -250,7 +250,14 @@ def _run_rows(task: str, runs: dict, seeds: list[int], lrs: dict[str, list[float
                                                      lr) not in done]
                     if not todo:
                         continue
-                    results = run_method(base, task, name, {**options, "lr": lr}, data, seed=seed, num_steps=todo)
+                    try:
+                        results = run_method(base, task, name, {**options, "lr": lr}, data, seed=seed, num_steps=todo)
+                    except RuntimeError as err:
+                        if not hasattr(err, "history"):  # fit's error for a loss that stopped being finite has one
+                            raise
+                        print(f"  {label} seed {seed} lr {lr:.3g} diverged: {err}", flush=True)
+                        results = [{"num_steps": n, "lr": lr, "value": math.nan, "validation": math.nan,
+                                    "seconds": math.nan, "trainable": math.nan, "total": math.nan} for n in todo]
                     rows = [{"task": task, "method": label, "seed": seed, "train_examples": data["train_examples"],
                              "labels_per_class": data["labels_per_class"], "metric": METRICS[task], **row}
                             for row in results]
@@ -286,9 +293,11 @@ def extend(rates: list[float], best: float) -> list[float] | None:
 
 
 def choose_rate(rows: pd.DataFrame) -> tuple[float, dict[float, float]]:
-    """``(best lr, {lr: mean validation})`` over the rows of one method: the best mean wins, ties the smaller rate."""
-    means = rows.groupby("lr")["validation"].mean().sort_index()
-    best = max(means.index, key=lambda lr: (round(means[lr], 10), -lr))
+    """``(best lr, {lr: mean validation})`` over the rows of one method: the best mean wins, ties the smaller rate.
+
+    A rate with a diverged run (validation NaN: the loss stopped being finite) has mean NaN and never wins."""
+    means = rows.groupby("lr")["validation"].agg(lambda v: v.mean() if v.notna().all() else math.nan).sort_index()
+    best = max(means.index, key=lambda lr: (-math.inf if math.isnan(means[lr]) else round(means[lr], 10), -lr))
     return float(best), {float(lr): float(v) for lr, v in means.items()}
 
 
@@ -330,8 +339,9 @@ def tune(task: str, methods="all", *, seeds=(0, 1, 2), out: str | Path = RESULTS
                 break
             lrs = wider
         chosen[name] = {"lr": best, "start": start, "validation": means}
-        stored[task][name] = {"lr": best, "start": start, "seeds": len(seeds), "num_steps": budget["num_steps"],
-                              "validation": {f"{lr:.3g}": round(v, 4) for lr, v in means.items()}}
+        stored[task][name] = {"lr": best, "start": start, "seeds": seeds, "num_steps": budget["num_steps"],
+                              "validation": {f"{lr:.3g}": None if math.isnan(v) else round(v, 4)
+                                             for lr, v in means.items()}}
         if wider is not None:  # still on an edge after MAX_EXTENSIONS: a better rate may lie beyond
             stored[task][name]["at_edge"] = True
         write_learning_rates(stored, rates_file)
@@ -425,7 +435,7 @@ def check_results(json_path: str | Path, rates_file: str | Path = LEARNING_RATES
         for name, entry in stored_rates.items():
             if "validation" not in entry:
                 continue
-            picked, _ = choose_rate(rows[rows.method == name])
+            picked, _ = choose_rate(rows[(rows.method == name) & rows.seed.isin(entry.get("seeds", rows.seed))])
             if not math.isclose(picked, entry["lr"], rel_tol=1e-6):
                 problems.append(f"method {name}: {Path(rates_file).name} says lr {entry['lr']:g}, the grid's rows "
                                 f"pick {picked:g}")

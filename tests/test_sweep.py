@@ -3,6 +3,7 @@ rate, edges extended), FAST runs of ``tune`` and ``sweep`` writing the shipped c
 where they stopped, refusing files of other settings, and a check that fails when shipped results no longer match
 the code."""
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -36,6 +37,29 @@ def test_choose_rate_takes_the_best_mean_and_on_a_tie_the_smaller_rate():
     assert best == 1e-3 and means == {1e-3: pytest.approx(0.85), 3e-3: pytest.approx(0.85), 1e-2: 0.75}
     best, _ = choose_rate(rows.assign(validation=[0.8, 0.8, 0.9, 0.9, 0.5, 0.5]))
     assert best == 3e-3
+    best, means = choose_rate(rows.assign(validation=[0.8, 0.8, 0.9, float("nan"), 0.5, 0.5]))
+    assert best == 1e-3 and math.isnan(means[3e-3]), "a rate that diverged on one seed never wins"
+
+
+def test_a_run_whose_loss_stops_being_finite_is_recorded_as_diverged_and_the_sweep_goes_on(tmp_path, monkeypatch,
+                                                                                        capsys):
+    class Diverged(RuntimeError):  # the shape of fit's error for a non-finite loss: it carries the history
+        history = {}
+
+    def run_method(base, task, name, options, data, *, seed, num_steps):
+        raise Diverged(f"loss is nan at step 2 (lr {options['lr']})")
+
+    monkeypatch.setattr(sweep_module, "run_method", run_method)
+    rows = sweep_module.sweep("cells", ["freeze"], seeds=[0, 1], steps=[1, 2], out=tmp_path, progress=False)
+    assert len(rows) == 4 and rows[["value", "validation"]].isna().all().all()
+    assert "freeze seed 1 lr" in capsys.readouterr().out
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug, not a divergence")
+
+    monkeypatch.setattr(sweep_module, "run_method", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        sweep_module.sweep("cells", ["freeze"], seeds=[2], steps=[1], out=tmp_path, progress=False)
 
 
 def test_check_writable_refuses_a_folder_in_place_of_a_file_and_a_file_in_place_of_a_folder(tmp_path):
@@ -70,7 +94,7 @@ def test_tune_fast_run_writes_the_grid_with_provenance_and_the_chosen_rates_and_
     assert set(grid(start)) <= set(rows.lr) and len(rows) == 2 * rows.lr.nunique()
     chosen = json.loads(rates.read_text())["cells"]["freeze"]
     best, means = choose_rate(rows)
-    assert chosen["lr"] == best and chosen["start"] == start and chosen["seeds"] == 2
+    assert chosen["lr"] == best and chosen["start"] == start and chosen["seeds"] == [0, 1]
     assert chosen["validation"] == {f"{lr:.3g}": round(v, 4) for lr, v in means.items()}
     assert json.loads(rates.read_text())["sentiment"] == json.loads(LEARNING_RATES_FILE.read_text())["sentiment"]
     provenance = json.loads((out / "lr_grid_cells.json").read_text())
