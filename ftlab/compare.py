@@ -293,26 +293,25 @@ def run_method(base, task: str, name: str, options: dict, data: dict, *, seed: i
         counts = count_parameters(net)
         clock = {"start": time.perf_counter(), "paused": 0.0}
 
-        def score(steps: int) -> None:
+        def score(model, steps: int) -> None:
             pause = time.perf_counter()
             rows.append({"num_steps": steps, "lr": lr, "trainable": counts["trainable"], "total": counts["total"],
-                         "trainable %": counts["percent"], "value": data["test"](net),
-                         "validation": data["validation"](net), "seconds": pause - clock["start"] - clock["paused"]})
+                         "trainable %": counts["percent"], "value": data["test"](model),
+                         "validation": data["validation"](model), "seconds": pause - clock["start"] - clock["paused"]})
             clock["paused"] += time.perf_counter() - pause
 
         def on_step(step: int, model, optimizer) -> None:  # called before step `step`: `step` steps are done
             if step in run[:-1]:
-                score(step)
+                score(model, step)
 
         fit(net, data["train"](), num_steps=run[-1], lr=lr, progress=progress,
             on_step=on_step if len(run) > 1 else None, **fit_options(task, run[-1]))
-        score(run[-1])
+        score(net, run[-1])
         if measure:  # after evaluation: a trial step in train mode moves BatchNorm statistics
             batch = next(iter(data["train"]()))
             memory = memory_report(net, batch, lr=lr)
             rows[-1].update({part: memory[part] for part in MEMORY_PARTS})
             rows[-1]["step ms"] = 1000 * time_step(net, batch, lr=lr, num_steps=3, warmup=1)
-        del net
     return rows
 
 
@@ -419,7 +418,8 @@ def summarize(df: pd.DataFrame, value: str | None = None, by: list[str] | None =
     by = list(by) if by is not None else [c for c in GROUP_COLUMNS if c in df]
     missing = [c for c in by if c not in df]
     if not by or missing:
-        raise ValueError(f"cannot group by {missing or by}: give columns of the table ({', '.join(map(str, df.columns))})")
+        columns = ", ".join(map(str, df.columns))
+        raise ValueError(f"cannot group by {missing or by}: give columns of the table ({columns})")
     groups = df.groupby(by, sort=False, dropna=False)[value]
     table = groups.agg(["mean", "std", "min", "max", "count"]).rename(columns={"count": "n"}).reset_index()
     table.attrs.update(df.attrs, value=value)
@@ -448,7 +448,7 @@ def verdict(df: pd.DataFrame, a: str, b: str, value: str | None = None, by: str 
 
 def rank_sweep(ranks: list[int], alphas: list[float] | None = None, *, targets: list[str] | str | None = None,
                lr: float = 1e-3, **kwargs) -> pd.DataFrame:
-    """LoRA at several ranks on one task: ``compare`` with one run per (r, alpha) and seed, plus columns ``r``, ``alpha``.
+    """LoRA at several ranks on one task: ``compare`` with one run per (r, alpha) and seed, plus ``r`` and ``alpha``.
 
     ``alphas`` gives one ``lora_alpha`` per rank (default ``2 * r``, so scaling = alpha / r stays 2
     and only the rank changes). ``targets`` and ``lr`` apply to every run; ``kwargs`` go to

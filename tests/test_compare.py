@@ -182,7 +182,7 @@ def test_run_method_scores_a_shorter_budget_inside_a_longer_run_exactly_as_a_run
 def test_train_examples_takes_the_first_examples_balanced_over_classes_and_keeps_validation_and_test():
     examples = [("a", 0), ("b", 0), ("c", 0), ("d", 1), ("e", 0), ("f", 1)]
     assert first_balanced(examples, 4, key=lambda e: e[1]) == [("a", 0), ("b", 0), ("d", 1), ("f", 1)]
-    with pytest.raises(ValueError, match="train_examples=6 needs 3 examples of class 1, the training set has 2; ask for at most 4"):
+    with pytest.raises(ValueError, match="needs 3 examples of class 1, the training set has 2; ask for at most 4"):
         first_balanced(examples, 6, key=lambda e: e[1])
     _, tokenizer = load_task_model("sentiment")
     small = task_data("sentiment", tokenizer, seed=0, train_examples=16)
