@@ -397,6 +397,32 @@ def sweep(task: str, methods="all", *, seeds=(0, 1, 2, 3, 4), steps: list[int] |
     return open_results("sweep", task, out)
 
 
+# ---------------------------------------------------------------- reading results in a notebook
+
+
+def load_results(kind: str, task: str, out: str | Path = RESULTS_DIR) -> pd.DataFrame:
+    """The rows of ``out/<kind>_<task>.csv`` (``kind``: ``"sweep"`` or ``"lr_grid"``) with the provenance in
+    ``df.attrs["provenance"]``. A missing file raises FileNotFoundError naming the command that makes it."""
+    csv_path, json_path = results_paths(out, kind, task)
+    if not csv_path.exists() or not json_path.exists():
+        command = "tune" if kind == "lr_grid" else "sweep"
+        raise FileNotFoundError(f"no reference results {csv_path}: make them with python -m ftlab {command} "
+                                f"--task {task} (see python -m ftlab {command} --help)")
+    rows = pd.read_csv(csv_path)
+    rows.attrs["provenance"] = json.loads(json_path.read_text())
+    return rows
+
+
+def rows_from_compare(df: pd.DataFrame) -> pd.DataFrame:
+    """``ftlab.compare.compare``'s table as reference-result rows (``COLUMNS``), e.g. a live run to draw over a
+    stored sweep with ``ftlab.viz.plot_sweep(rows, live=rows_from_compare(df))``."""
+    metric = df.attrs["metric"]
+    rows = df.rename(columns={metric: "value"}).assign(
+        task=df.attrs["task"], metric=metric, num_steps=df.attrs["num_steps"],
+        train_examples=df.attrs["train_examples"], labels_per_class=df.attrs["labels_per_class"])
+    return rows[COLUMNS].reset_index(drop=True)
+
+
 # ---------------------------------------------------------------- are shipped results still valid?
 
 

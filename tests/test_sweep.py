@@ -13,8 +13,9 @@ import pytest
 from ftlab import sweep as sweep_module
 from ftlab.__main__ import main
 from ftlab.compare import LEARNING_RATES_FILE, load_learning_rates
+from ftlab.compare import compare
 from ftlab.sweep import (COLUMNS, LADDER, RESULTS_DIR, check_results, check_writable, checkpoint_hashes, choose_rate,
-                         extend, grid, sha256)
+                         extend, grid, load_results, rows_from_compare, sha256)
 
 
 def test_grid_takes_one_ladder_rung_below_the_start_and_two_above():
@@ -205,3 +206,18 @@ def test_sha256_is_the_full_hex_digest_of_the_file(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
     assert sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert shutil.which("git") is None or sweep_module.git_commit() != "unknown"
+
+
+def test_a_live_compare_run_becomes_rows_of_the_reference_schema_beside_the_loaded_sweep(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make them with python -m ftlab sweep --task cells"):
+        load_results("sweep", "cells", tmp_path)
+    stored = sweep_module.sweep("cells", ["freeze"], seeds=[0], steps=[1], out=tmp_path, progress=False)
+    loaded = load_results("sweep", "cells", tmp_path)
+    pd.testing.assert_frame_equal(loaded, stored)
+    assert loaded.attrs["provenance"]["settings"]["task"] == "cells"
+    live = rows_from_compare(compare(["freeze"], "cells", num_steps=1, batch_size=8, labels_per_class=2,
+                                     sizes={"validation": 4, "test": 40}, measure=False))
+    assert list(live.columns) == COLUMNS
+    same = ["task", "method", "seed", "num_steps", "train_examples", "labels_per_class", "lr", "metric", "value",
+            "validation", "trainable", "total"]
+    assert live[same].iloc[0].tolist() == loaded[same].iloc[0].tolist()  # the FAST budget is the sweep's budget
