@@ -211,8 +211,10 @@ def task_data(task: str, tokenizer, *, seed: int, sizes: dict | None = None, bat
     """The data of one seed of ``task``.
 
     Returns ``{"train": () -> fresh shuffled loader, "test": model -> metric, "validation":
-    model -> metric, "train_examples": int, "labels_per_class": int or None}``; both metrics
-    are in [0, 1] (accuracy, or exact match for ``instructions``). A fresh loader per run gives
+    model -> metric, "validation_loss": model -> mean loss, "train_examples": int, "labels_per_class":
+    int or None}``; both metrics are in [0, 1] (accuracy, or exact match for ``instructions``). The
+    validation loss (cross-entropy of the labels, or of the responses for ``instructions``) still
+    ranks models when the validation metric saturates (every rate at 1.000). A fresh loader per run gives
     every method the same batch order (a loader's shuffling generator advances as it is read).
     ``train_examples`` (text tasks) keeps the first that many training examples, balanced over
     classes (sentiment) or instruction kinds, so validation and test stay the same for every size;
@@ -236,6 +238,7 @@ def task_data(task: str, tokenizer, *, seed: int, sizes: dict | None = None, bat
         return {"train": lambda: text_loader(train, tokenizer, batch_size=batch_size, shuffle=True, seed=seed),
                 "test": lambda net: evaluate(net, test)["accuracy"],
                 "validation": lambda net: evaluate(net, validation)["accuracy"],
+                "validation_loss": lambda net: evaluate(net, validation)["loss"],
                 "train_examples": len(train), "labels_per_class": None}
     if task in IMAGE_TASKS:
         from ftlab.tasks.images import image_loader, make_cells, make_digits
@@ -250,17 +253,20 @@ def task_data(task: str, tokenizer, *, seed: int, sizes: dict | None = None, bat
         return {"train": lambda: image_loader(train, batch_size=min(batch_size, len(train)), shuffle=True, seed=seed),
                 "test": lambda net: evaluate(net, test)["accuracy"],
                 "validation": lambda net: evaluate(net, validation)["accuracy"],
+                "validation_loss": lambda net: evaluate(net, validation)["loss"],
                 "train_examples": len(train), "labels_per_class": labels_per_class}
     from ftlab.align.sft import evaluate_exact_match, sft_loader
     from ftlab.tasks.instructions import make_instructions
 
     data = make_instructions(seed, sizes=sizes)
+    validation = sft_loader(data["validation"], tokenizer, max_length=max_length, batch_size=64)
     train = data["train"] if train_examples is None else first_balanced(data["train"], train_examples,
                                                                         key=lambda e: e["kind"])
     return {"train": lambda: sft_loader(train, tokenizer, max_length=max_length, batch_size=batch_size, shuffle=True,
                                         seed=seed),
             "test": lambda net: evaluate_exact_match(net, tokenizer, data["test"])["all"],
             "validation": lambda net: evaluate_exact_match(net, tokenizer, data["validation"])["all"],
+            "validation_loss": lambda net: evaluate(net, validation)["loss"],
             "train_examples": len(train), "labels_per_class": None}
 
 
@@ -297,7 +303,8 @@ def run_method(base, task: str, name: str, options: dict, data: dict, *, seed: i
             pause = time.perf_counter()
             rows.append({"num_steps": steps, "lr": lr, "trainable": counts["trainable"], "total": counts["total"],
                          "trainable %": counts["percent"], "value": data["test"](model),
-                         "validation": data["validation"](model), "seconds": pause - clock["start"] - clock["paused"]})
+                         "validation": data["validation"](model),
+                         "validation_loss": data["validation_loss"](model), "seconds": pause - clock["start"] - clock["paused"]})
             clock["paused"] += time.perf_counter() - pause
 
         def on_step(step: int, model, optimizer) -> None:  # called before step `step`: `step` steps are done

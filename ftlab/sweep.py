@@ -14,7 +14,9 @@ rate as about the method, so every method gets its rate on every task by one pro
    to r0, one rung below and two above (``GRID_RUNGS``);
 2. every rate trains with ``compare``'s budget for the task (``default_budget``) for each seed
    (3 by default), and is scored on the task's **validation** split, never on the test split;
-3. the rate with the best mean validation score wins; ties go to the smaller rate;
+3. the rate with the best mean validation score wins; where several rates share the best mean
+   (a score that saturates, such as 1.000 on an easy validation split), the lower mean validation
+   loss decides, then the smaller rate;
 4. while the winner lies on an edge of the grid, the grid grows by the next rung beyond that edge,
    at most ``MAX_EXTENSIONS`` times, so that the best rate is bracketed (a winner still on an edge
    is marked ``"at_edge"`` in the rates file).
@@ -61,7 +63,7 @@ from ftlab.validate import check_positive_int
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "data" / "results"
 COLUMNS = ["task", "method", "seed", "num_steps", "train_examples", "labels_per_class", "lr", "metric", "value",
-           "validation", "trainable", "total", "seconds"]
+           "validation", "validation_loss", "trainable", "total", "seconds"]
 KEY = ["method", "seed", "num_steps", "train_examples", "labels_per_class", "lr"]  # what makes a row a different run
 LADDER = [float(f"{m}e{k}") for k in range(-7, 1) for m in (1, 3)]  # 1e-07, 3e-07, ..., 0.1, 0.3: about x3 apart
 GRID_RUNGS = (-1, 0, 1, 2)
@@ -257,6 +259,7 @@ def _run_rows(task: str, runs: dict, seeds: list[int], lrs: dict[str, list[float
                             raise
                         print(f"  {label} seed {seed} lr {lr:.3g} diverged: {err}", flush=True)
                         results = [{"num_steps": n, "lr": lr, "value": math.nan, "validation": math.nan,
+                                    "validation_loss": math.nan,
                                     "seconds": math.nan, "trainable": math.nan, "total": math.nan} for n in todo]
                     rows = [{"task": task, "method": label, "seed": seed, "train_examples": data["train_examples"],
                              "labels_per_class": data["labels_per_class"], "metric": METRICS[task], **row}
@@ -293,11 +296,23 @@ def extend(rates: list[float], best: float) -> list[float] | None:
 
 
 def choose_rate(rows: pd.DataFrame) -> tuple[float, dict[float, float]]:
-    """``(best lr, {lr: mean validation})`` over the rows of one method: the best mean wins, ties the smaller rate.
+    """``(best lr, {lr: mean validation})`` over the rows of one method: the best mean validation score wins;
+    among rates that share it, the lower mean validation loss, then the smaller rate.
 
     A rate with a diverged run (validation NaN: the loss stopped being finite) has mean NaN and never wins."""
-    means = rows.groupby("lr")["validation"].agg(lambda v: v.mean() if v.notna().all() else math.nan).sort_index()
-    best = max(means.index, key=lambda lr: (-math.inf if math.isnan(means[lr]) else round(means[lr], 10), -lr))
+    def mean_or_nan(values: pd.Series) -> float:
+        return values.mean() if values.notna().all() else math.nan
+
+    means = rows.groupby("lr")["validation"].agg(mean_or_nan).sort_index()
+    losses = rows.groupby("lr")["validation_loss"].agg(mean_or_nan).sort_index()
+
+    def rank(lr: float) -> tuple:
+        if math.isnan(means[lr]):
+            return (-math.inf, -math.inf, -lr)
+        loss = losses[lr]
+        return (round(means[lr], 10), -math.inf if math.isnan(loss) else -round(loss, 10), -lr)
+
+    best = max(means.index, key=rank)
     return float(best), {float(lr): float(v) for lr, v in means.items()}
 
 

@@ -33,13 +33,22 @@ def test_extend_adds_the_next_rung_beyond_the_edge_the_best_rate_lies_on():
 
 def test_choose_rate_takes_the_best_mean_and_on_a_tie_the_smaller_rate():
     rows = pd.DataFrame({"lr": [1e-3, 1e-3, 3e-3, 3e-3, 1e-2, 1e-2],
-                         "validation": [0.8, 0.9, 0.9, 0.8, 0.5, 1.0]})
+                         "validation": [0.8, 0.9, 0.9, 0.8, 0.5, 1.0], "validation_loss": [0.3] * 6})
     best, means = choose_rate(rows)
     assert best == 1e-3 and means == {1e-3: pytest.approx(0.85), 3e-3: pytest.approx(0.85), 1e-2: 0.75}
     best, _ = choose_rate(rows.assign(validation=[0.8, 0.8, 0.9, 0.9, 0.5, 0.5]))
     assert best == 3e-3
     best, means = choose_rate(rows.assign(validation=[0.8, 0.8, 0.9, float("nan"), 0.5, 0.5]))
     assert best == 1e-3 and math.isnan(means[3e-3]), "a rate that diverged on one seed never wins"
+
+
+def test_choose_rate_breaks_a_saturated_score_by_the_lower_validation_loss():
+    rows = pd.DataFrame({"lr": [1e-3, 1e-3, 3e-3, 3e-3, 1e-2, 1e-2], "validation": [1.0] * 6,
+                         "validation_loss": [0.30, 0.34, 0.10, 0.12, 0.20, 0.90]})
+    best, means = choose_rate(rows)
+    assert best == 3e-3 and means == {1e-3: 1.0, 3e-3: 1.0, 1e-2: 1.0}
+    best, _ = choose_rate(rows.assign(validation=[1.0, 1.0, 0.99, 1.0, 1.0, 1.0]))
+    assert best == 1e-3, "the loss only decides between rates with the same best mean score"
 
 
 def test_a_run_whose_loss_stops_being_finite_is_recorded_as_diverged_and_the_sweep_goes_on(tmp_path, monkeypatch,
@@ -157,7 +166,7 @@ def _classroom_copy(tmp_path: Path, kind: str, task: str) -> Path:
     rates = load_learning_rates()[task]
     rows = pd.DataFrame([{"task": task, "method": m, "seed": s, "num_steps": 60, "train_examples": 20,
                           "labels_per_class": 10, "lr": lr, "metric": "test accuracy", "value": 0.5,
-                          "validation": 0.5, "trainable": 1, "total": 2, "seconds": 1.0}
+                          "validation": 0.5, "validation_loss": 0.7, "trainable": 1, "total": 2, "seconds": 1.0}
                          for m, lr in list(rates.items())[:2] for s in (0, 1)])
     rows.to_csv(tmp_path / f"{kind}_{task}.csv", index=False)
     json_path = tmp_path / f"{kind}_{task}.json"
