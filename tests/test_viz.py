@@ -108,17 +108,6 @@ def test_plot_singular_values_draws_each_spectrum_relative_to_its_largest_value(
         plot_singular_values({"v": torch.ones(3)})
 
 
-def test_plot_params_vs_accuracy_puts_labelled_points_on_a_log_axis_in_percent():
-    from ftlab.viz import plot_params_vs_accuracy
-
-    df = pd.DataFrame({"method": ["lora", "ia3"], "trainable": [74498, 16898], "test accuracy": [0.9, 0.5]})
-    (ax,) = plot_params_vs_accuracy(df).axes
-    assert ax.get_xscale() == "log"
-    points = [tuple(c.get_offsets()[0]) for c in ax.collections]
-    assert points == [(74498, 90.0), (16898, 50.0)]
-    assert [t.get_text() for t in ax.texts] == ["lora", "ia3"]
-
-
 def test_plot_abs_matrix_shows_absolute_values_and_rejects_vectors():
     from ftlab.viz import plot_abs_matrix
 
@@ -126,20 +115,6 @@ def test_plot_abs_matrix_shows_absolute_values_and_rejects_vectors():
     assert fig.axes[0].images[0].get_array().tolist() == [[1, 2], [3, 4]]
     with pytest.raises(ValueError, match="2-D matrix"):
         plot_abs_matrix(torch.ones(3))
-
-
-def test_rank_sweep_plot_shows_parameters_per_rank_and_accuracy_per_parameter_count():
-    from ftlab.viz import plot_rank_sweep
-
-    df = pd.DataFrame({"r": [1, 4, 16], "alpha": [2, 8, 32], "trainable": [100, 400, 1600],
-                       "test accuracy": [0.5, 0.75, 0.9]})
-    ax_params, ax_acc = plot_rank_sweep(df, highlight=2).axes
-    (line,) = ax_params.get_lines()
-    assert list(line.get_xdata()) == [1, 4, 16] and list(line.get_ydata()) == [100, 400, 1600]
-    points = [tuple(c.get_offsets()[0]) for c in ax_acc.collections]
-    assert points == [(100, 50), (400, 75), (1600, 90)]
-    assert [t.get_text() for t in ax_acc.texts] == ["r=1, alpha=2", "r=4, alpha=8", "r=16, alpha=32"]
-    assert ax_acc.texts[2].get_color() == "C3" and ax_acc.texts[0].get_color() == "C0"
 
 
 def test_accuracy_matrices_grouped_bars_and_storage_curve_hold_their_data():
