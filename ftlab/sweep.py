@@ -58,6 +58,7 @@ from ftlab.compare import (CHECKPOINTS, IMAGE_TASKS, LEARNING_RATES_FILE, METHOD
                            check_seeds, default_budget, fit_options, load_task_model, resolve_methods, run_method,
                            task_data)
 from ftlab.config import mode
+from ftlab.train import FitError
 from ftlab.validate import check_positive_int
 
 REPO = Path(__file__).resolve().parent.parent
@@ -254,9 +255,7 @@ def _run_rows(task: str, runs: dict, seeds: list[int], lrs: dict[str, list[float
                         continue
                     try:
                         results = run_method(base, task, name, {**options, "lr": lr}, data, seed=seed, num_steps=todo)
-                    except RuntimeError as err:
-                        if not hasattr(err, "history"):  # fit's error for a loss that stopped being finite has one
-                            raise
+                    except FitError as err:  # the loss or a gradient stopped being finite: this rate diverged
                         print(f"  {label} seed {seed} lr {lr:.3g} diverged: {err}", flush=True)
                         results = [{"num_steps": n, "lr": lr, "value": math.nan, "validation": math.nan,
                                     "validation_loss": math.nan,

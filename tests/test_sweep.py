@@ -12,6 +12,7 @@ import pytest
 
 from ftlab import sweep as sweep_module
 from ftlab.__main__ import main
+from ftlab.train import FitError
 from ftlab.compare import LEARNING_RATES_FILE, load_learning_rates
 from ftlab.compare import compare
 from ftlab.sweep import (COLUMNS, LADDER, RESULTS_DIR, check_results, check_writable, checkpoint_hashes, choose_rate,
@@ -53,11 +54,8 @@ def test_choose_rate_breaks_a_saturated_score_by_the_lower_validation_loss():
 
 def test_a_run_whose_loss_stops_being_finite_is_recorded_as_diverged_and_the_sweep_goes_on(tmp_path, monkeypatch,
                                                                                         capsys):
-    class Diverged(RuntimeError):  # the shape of fit's error for a non-finite loss: it carries the history
-        history = {}
-
     def run_method(base, task, name, options, data, *, seed, num_steps):
-        raise Diverged(f"loss is nan at step 2 (lr {options['lr']})")
+        raise FitError(f"loss is nan at step 2 (lr {options['lr']})", step=2, history={})
 
     monkeypatch.setattr(sweep_module, "run_method", run_method)
     rows = sweep_module.sweep("cells", ["freeze"], seeds=[0, 1], steps=[1, 2], out=tmp_path, progress=False)
