@@ -152,12 +152,12 @@ class Exercise:
                     return fn(*args)
                 except NotImplementedError:
                     raise StudentFailed(Problem("the function is not written yet (it raises NotImplementedError)",
-                                                "replace the `raise NotImplementedError` line with your code"))
+                                                "replace the `raise NotImplementedError` line with your code")) from None
                 except Refused as err:
-                    raise StudentFailed(Problem(f"{case}: your function calls ftlab's own code. {err}"))
+                    raise StudentFailed(Problem(f"{case}: your function calls ftlab's own code. {err}")) from None
                 except Exception as err:  # the student's code may fail in any way; say how and where
                     raise StudentFailed(Problem(f"{case}: calling it raised {type(err).__name__}: {err}",
-                                                "run it on a small input of that shape and read the traceback"))
+                                                "run it on a small input of that shape and read the traceback")) from None
 
         try:
             problem = find_problem(call)
@@ -177,10 +177,11 @@ def exercise(name: str, *, task: str, where: str, sketch: str, refuse: tuple[str
     def wrap(find_problem: Callable) -> Callable[[Callable], bool]:
         state = Exercise(name, task=task, where=where, sketch=sketch, refuse=refuse)
 
-        @functools.wraps(find_problem)
+        @functools.wraps(find_problem, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
         def check(fn: Callable) -> bool:
             return state.check(fn, find_problem)
 
+        del check.__wrapped__  # help() and inspect show check(fn), not the inner find_problem(call)
         check.exercise = state
         return check
 
