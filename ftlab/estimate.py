@@ -26,8 +26,8 @@ conventions, for a model that may not fit in any memory here:
    ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd keeps for the backward
    pass passes through the hook with its shape and dtype, no memory and no arithmetic spent.
    Each storage is counted once and the parameters are skipped, as in ``memory_report``.
-   Attention is counted the way PyTorch runs it (``FusedAttention``), and with
-   ``gradient_checkpointing=True`` as checkpointing keeps it (``SavedByBlock``).
+   Attention is counted the way PyTorch runs it on a real CPU or GPU (``fused_attention``), and
+   with ``gradient_checkpointing=True`` as checkpointing keeps it (``SavedByBlock``).
 
 Conventions to know when reading a figure:
 
@@ -54,6 +54,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 
+from ftlab.config import device as default_device
 from ftlab.measure import MEMORY_PARTS
 from ftlab.methods import METHODS, apply
 from ftlab.methods._inject import ALL_LINEAR, find_targets, model_family
@@ -200,7 +201,7 @@ def meta_model(model_or_config) -> nn.Module:
     BERT-family models (as ``ftlab.zoo.load_bert``) and a causal LM otherwise; a name or folder
     goes through ``load_config``.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PretrainedConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 
     if isinstance(model_or_config, nn.Module):
         model = meta_copy(model_or_config)
@@ -222,6 +223,10 @@ def meta_model(model_or_config) -> nn.Module:
         else:
             raise TypeError(f"model_or_config must be a torch module, a transformers config, or a name or folder "
                             f"(one of {', '.join(CONFIGS)}); got {type(model_or_config).__name__}")
+    if not isinstance(model, PreTrainedModel) and model_family(model) != "resnet":
+        raise TypeError(f"estimate_memory supports transformers models (causal LMs and sequence classifiers) and "
+                        f"torchvision ResNets, not a {type(model).__name__}; pass the base model, before any method "
+                        f"is applied")
     config = getattr(model, "config", None)
     if config is not None and not is_classifier(model):
         # transformers peeks at the first and last token ids to warn about padding without a mask; meta
@@ -279,20 +284,25 @@ PRECISIONS: dict[str, Precision] = {
 }
 # Per-element state tensors each optimizer keeps (memory_report's optimizers: AdamW's two moments, plain SGD none).
 OPTIMIZER_MOMENTS = {"adamw": 2, "sgd": 0}
+DEVICES = ("cuda", "cpu")  # whose attention kernels are counted (see fused_attention)
 
 
 # ---------------------------------------------------------------- activations
 
-def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """``F.scaled_dot_product_attention`` as PyTorch's CPU dispatcher runs it, usable on the meta device.
+def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                    enable_gqa=False, device: str = "cpu"):
+    """``F.scaled_dot_product_attention`` as PyTorch runs it on ``device`` ("cpu" or "cuda"), usable on meta tensors.
 
-    On meta tensors PyTorch takes the math path, which saves the (B, H, T, T) attention weights. A
-    real CPU (and a GPU's flash / memory-efficient kernel) runs a fused kernel that saves only the
-    output and one log-sum-exp per row, O(T) instead of O(T^2). The CPU dispatcher picks the fused
-    kernel unless dropout is on; so does this function, calling the kernel's meta function.
-    A boolean mask becomes an additive float mask first, as the CPU dispatcher does.
+    On meta tensors PyTorch takes the math path, which saves the (B, H, T, T) attention weights.
+    A real machine runs a fused kernel (flash or memory-efficient attention) that saves only
+    q, k, v, the output and one log-sum-exp per row: O(T) per query instead of O(T^2). On the
+    CPU, PyTorch uses the fused kernel unless attention dropout is on; CUDA's kernels do dropout
+    too, regenerating the mask from a random seed instead of keeping it. This function makes the
+    same choice, calling the CPU kernel's meta function for the fused case (its saved tensors are
+    those of the CUDA kernels, up to a few scalars). A boolean mask becomes an additive float mask
+    first, as PyTorch does.
     """
-    if dropout_p > 0:
+    if dropout_p > 0 and device == "cpu":
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                                               is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     if attn_mask is not None and attn_mask.dtype == torch.bool:
@@ -303,11 +313,15 @@ def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
 
 
 class FusedAttention(TorchFunctionMode):
-    """Inside ``with FusedAttention():`` every ``F.scaled_dot_product_attention`` call runs ``fused_attention``."""
+    """Inside ``with FusedAttention(device):`` every ``F.scaled_dot_product_attention`` call runs ``fused_attention``."""
+
+    def __init__(self, device: str):
+        super().__init__()
+        self.device = device
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is F.scaled_dot_product_attention:
-            return fused_attention(*args, **(kwargs or {}))
+            return fused_attention(*args, **(kwargs or {}), device=self.device)
         return func(*args, **(kwargs or {}))
 
 
@@ -451,13 +465,14 @@ def apply_qlora(model: nn.Module, quant_type: str = "nf4", double_quant: bool = 
     for name in names:
         check_quantizable(model.get_submodule(name), name)
     weights = [model.get_submodule(name).weight for name in names]
-    apply(model, "lora", **lora_options)
+    with torch.device("meta"):  # see estimate_memory
+        apply(model, "lora", **lora_options)
     return weights, sum(nf4_bytes(w.numel(), block_size, double_quant) for w in weights)
 
 
 def estimate_memory(model_or_config, method: str = "lora", *, batch_size: int, seq_len: int | None = None,
                     image_size: int | None = None, precision: str = "fp32", optimizer: str = "adamw",
-                    gradient_checkpointing: bool = False, **method_options) -> dict:
+                    gradient_checkpointing: bool = False, device: str | None = None, **method_options) -> dict:
     """Memory of one training step of ``model_or_config`` fine-tuned with ``method``, without allocating it.
 
     ``model_or_config``: a model (only its shapes are used), a transformers config, a ``CONFIGS``
@@ -465,7 +480,9 @@ def estimate_memory(model_or_config, method: str = "lora", *, batch_size: int, s
     in the local cache. ``seq_len``: tokens per example; for a ResNet give ``image_size`` instead
     (the side of a square image). ``precision``: ``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"`` or
     ``"bf16"``; ``optimizer``: ``"adamw"`` or ``"sgd"``; ``method_options`` go to the method
-    (``r=``, ``targets=``, ``modules_to_save=``, ...).
+    (``r=``, ``targets=``, ``modules_to_save=``, ...). ``device``: whose attention kernels to count,
+    ``"cuda"`` or ``"cpu"`` (default: ``ftlab.config.device()``, this machine); they differ only for
+    models with attention dropout, where the CPU keeps the (B, H, T, T) weights (``fused_attention``).
 
     Returns a flat dict (one pandas row) with ``memory_report``'s parts in bytes
     (``weights_trainable``, ``weights_frozen``, ``buffers``, ``gradients``, ``optimizer_state``,
@@ -478,6 +495,9 @@ def estimate_memory(model_or_config, method: str = "lora", *, batch_size: int, s
     check_choice("optimizer", optimizer, list(OPTIMIZER_MOMENTS))
     batch_size = check_positive_int("batch_size", batch_size)
     check_choice("gradient_checkpointing", gradient_checkpointing, (False, True))
+    if device is None:
+        device = "cuda" if default_device().type == "cuda" else "cpu"
+    check_choice("device", device, DEVICES)
     model = meta_model(model_or_config)
     length = check_length(model, seq_len, image_size)
     blocks = checkpoint_blocks(model)
@@ -491,7 +511,10 @@ def estimate_memory(model_or_config, method: str = "lora", *, batch_size: int, s
     if method == "qlora":
         quantized, quantized_bytes = apply_qlora(model, **method_options)
     else:
-        model = apply(model, method, **method_options)
+        # methods may build their new layers on the default device and then move them to the model's:
+        # make that the meta device too, so that not even the (small) new parameters are allocated
+        with torch.device("meta"):
+            model = apply(model, method, **method_options)
 
     quantized_ids = {id(w) for w in quantized}
     row = dict.fromkeys(MEMORY_PARTS, 0)
@@ -511,12 +534,13 @@ def estimate_memory(model_or_config, method: str = "lora", *, batch_size: int, s
     state_bytes = torch.empty(0, dtype=setting.state_dtype).element_size()
     row["optimizer_state"] = trainable * (setting.master_bytes + OPTIMIZER_MOMENTS[optimizer] * state_bytes)
 
-    with FusedAttention(), SavedByBlock(model, blocks) as saved:
+    with FusedAttention(device), SavedByBlock(model, blocks) as saved:
         default_loss(model, batch)
     recomputed = saved.recomputed_bytes() if gradient_checkpointing else 0
     row["activations"] = saved.kept_bytes() + recomputed if gradient_checkpointing else saved.total_bytes()
     row["total"] = sum(row.values())
     settings = {"method": method, "precision": precision, "optimizer": optimizer, "batch_size": batch_size,
-                "seq_len": seq_len, "image_size": image_size, "gradient_checkpointing": gradient_checkpointing}
+                "seq_len": seq_len, "image_size": image_size, "gradient_checkpointing": gradient_checkpointing,
+                "device": device}
     return {**settings, **row, "activations_recomputed": recomputed, "trainable_parameters": trainable,
             "parameters": parameters}
