@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -194,35 +195,52 @@ def meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def meta_model(model_or_config) -> nn.Module:
-    """``model_or_config`` built on the meta device, float32, in train mode.
-
-    A module is copied (``meta_copy``); a transformers config becomes a sequence classifier for
-    BERT-family models (as ``ftlab.zoo.load_bert``) and a causal LM otherwise; a name or folder
-    goes through ``load_config``.
+def build_meta(config) -> nn.Module:
+    """A model built from ``config`` on the meta device, float32: a transformers config becomes a sequence
+    classifier for BERT-family models (as ``ftlab.zoo.load_bert``) and a causal LM otherwise; a
+    ``{"torchvision": name, "num_classes": n}`` dict becomes that torchvision model.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PretrainedConfig
+
+    if isinstance(config, dict) and "torchvision" in config:
+        from torchvision.models import get_model
+
+        with torch.device("meta"):
+            return get_model(config["torchvision"], num_classes=config["num_classes"])
+    if not isinstance(config, PretrainedConfig):
+        raise TypeError(f"model_or_config must be a torch module, a transformers config, or a name or folder "
+                        f"(one of {', '.join(CONFIGS)}); got {type(config).__name__}")
+    auto = AutoModelForSequenceClassification if config.model_type == "bert" else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(copy.deepcopy(config), dtype=torch.float32)
+    if auto is AutoModelForCausalLM:
+        model.loss_type = "ForCausalLM"  # as ftlab.zoo does: no warning about an unknown loss type
+    return model
+
+
+@functools.cache
+def catalogue_model(name: str) -> nn.Module:
+    """``build_meta(load_config(name))`` for a ``CONFIGS`` name, built once (a 70B model takes seconds to build,
+    even on the meta device, and a copy a fraction of a second); copy it before changing it."""
+    return build_meta(load_config(name))
+
+
+def meta_model(model_or_config) -> nn.Module:
+    """``model_or_config`` on the meta device, float32, in train mode, ready for ``ftlab.apply``.
+
+    A module is copied (``meta_copy``), a ``CONFIGS`` name copied from ``catalogue_model``, a
+    folder or hub name read with ``load_config``, a config built with ``build_meta``.
+    """
+    from transformers import PreTrainedModel
 
     if isinstance(model_or_config, nn.Module):
         model = meta_copy(model_or_config)
+    elif isinstance(model_or_config, str) and model_or_config in CONFIGS:
+        model = copy.deepcopy(catalogue_model(model_or_config))
+    elif isinstance(model_or_config, (str, Path)):
+        model = build_meta(load_config(model_or_config))
     else:
-        config = model_or_config
-        if isinstance(config, (str, Path)):
-            config = load_config(config)
-        if isinstance(config, dict) and "torchvision" in config:
-            from torchvision.models import get_model
-
-            with torch.device("meta"):
-                model = get_model(config["torchvision"], num_classes=config["num_classes"])
-        elif isinstance(config, PretrainedConfig):
-            auto = AutoModelForSequenceClassification if config.model_type == "bert" else AutoModelForCausalLM
-            with torch.device("meta"):
-                model = auto.from_config(copy.deepcopy(config), dtype=torch.float32)
-            if auto is AutoModelForCausalLM:
-                model.loss_type = "ForCausalLM"  # as ftlab.zoo does: no warning about an unknown loss type
-        else:
-            raise TypeError(f"model_or_config must be a torch module, a transformers config, or a name or folder "
-                            f"(one of {', '.join(CONFIGS)}); got {type(model_or_config).__name__}")
+        model = build_meta(model_or_config)
     if not isinstance(model, PreTrainedModel) and model_family(model) != "resnet":
         raise TypeError(f"estimate_memory supports transformers models (causal LMs and sequence classifiers) and "
                         f"torchvision ResNets, not a {type(model).__name__}; pass the base model, before any method "
@@ -544,3 +562,41 @@ def estimate_memory(model_or_config, method: str = "lora", *, batch_size: int, s
                 "device": device}
     return {**settings, **row, "activations_recomputed": recomputed, "trainable_parameters": trainable,
             "parameters": parameters}
+
+
+def estimate_table(row: dict) -> "pandas.DataFrame":
+    """``estimate_memory``'s parts as a table: ``part``, ``bytes``, the same in GiB (MiB when the total is
+    under 1 GiB) and ``share`` of the total."""
+    import pandas as pd
+
+    unit, scale = ("GiB", 2**30) if row["total"] >= 2**30 else ("MiB", 2**20)
+    parts = [*MEMORY_PARTS, "total"]
+    return pd.DataFrame({"part": parts, "bytes": [row[p] for p in parts],
+                         unit: [round(row[p] / scale, 2) for p in parts],
+                         "share": [f"{100 * row[p] / row['total']:.1f}%" for p in parts]})
+
+
+# Catalogue models from 124M to 69B parameters, for memory against model size.
+SIZE_SWEEP = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-7b", "llama-13b", "llama-33b", "llama-65b",
+              "llama-70b")
+
+
+def memory_by_model_size(models=SIZE_SWEEP, methods=("full", "lora", "qlora"), precisions=("fp32", "bf16"), *,
+                         batch_size: int = 1, seq_len: int = 512, gradient_checkpointing: bool = True,
+                         device: str = "cuda", options: dict[str, dict] | None = None) -> "pandas.DataFrame":
+    """``estimate_memory`` for every model x method x precision: one row each, with the model's name.
+
+    ``options``: method options per method; by default LoRA goes on every linear layer, as QLoRA's
+    does, so that the two differ only in the 4-bit base. The other defaults describe the smallest
+    useful step on a GPU (batch 1, 512 tokens, checkpointing): what each method needs at the least.
+    A 70B model takes seconds to build on the meta device the first time; ``catalogue_model``
+    remembers it after that.
+    """
+    import pandas as pd
+
+    options = {"lora": {"targets": ALL_LINEAR}} if options is None else options
+    rows = [{"model": name, **estimate_memory(name, method, batch_size=batch_size, seq_len=seq_len,
+                                              precision=precision, gradient_checkpointing=gradient_checkpointing,
+                                              device=device, **options.get(method, {}))}
+            for name in models for method in methods for precision in precisions]
+    return pd.DataFrame(rows)

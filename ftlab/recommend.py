@@ -259,7 +259,11 @@ def recommend(model, gpu_memory_gb: float, num_examples: int, num_tasks: int = 1
         "quality": table["quality_vs_full"].fillna(-math.inf),
         "storage": table["storage_all_tasks_gib"].fillna(math.inf),
     }).sort_values(["fits", "serves", "quality", "storage"], ascending=[False, False, False, True], kind="stable")
-    return table.loc[order.index].reset_index(drop=True)
+    table = table.loc[order.index].reset_index(drop=True)
+    table.attrs.update(gpu_memory_gb=gpu_memory_gb, usable_gib=budget / GIB, num_examples=num_examples,
+                       labels_per_class=labels_per_class, num_tasks=num_tasks,
+                       switch_tasks_at_serving=switch_tasks_at_serving)
+    return table
 
 
 def reasons(method: str, row: dict, fits: bool, gpu_memory_gb: float, budget: float, per_task_bytes: float,

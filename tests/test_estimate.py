@@ -252,3 +252,52 @@ def test_estimating_leaves_a_real_model_as_it_was(minilm, untouched):
 
 def test_every_catalogue_entry_names_its_source():
     assert all(entry["source"] for entry in CONFIGS.values())
+
+
+# ---------------------------------------------------------------- table, plot, command line
+
+def test_memory_by_model_size_has_one_row_per_model_method_and_precision_and_plots_a_line_each():
+    import matplotlib.pyplot as plt
+
+    from ftlab.estimate import memory_by_model_size
+    from ftlab.viz import plot_memory_by_model_size
+
+    df = memory_by_model_size(("gpt2-tiny", "gpt2"), precisions=("fp32", "bf16"), seq_len=64)
+    assert len(df) == 2 * 3 * 2
+    lora = df[(df["method"] == "lora") & (df["model"] == "gpt2") & (df["precision"] == "fp32")].iloc[0]
+    assert lora["total"] == estimate_memory("gpt2", "lora", targets="all-linear", batch_size=1, seq_len=64,
+                                            gradient_checkpointing=True, device="cuda")["total"]
+    before = plt.get_fignums()
+    fig = plot_memory_by_model_size(df, gpus=(16, 24))
+    assert plt.get_fignums() == before  # closed: the notebook shows it once
+    ax = fig.axes[0]
+    assert len(ax.lines) == 3 * 2 + 2  # a line per method and precision, one per GPU
+    assert [t.get_text() for t in ax.texts] == ["16 GB GPU", "24 GB GPU"]
+
+
+def test_command_line_prints_the_parts_as_a_table(capsys):
+    from ftlab.__main__ import main
+
+    assert main(["estimate", "--model", "gpt2-tiny", "--method", "qlora", "--batch", "4", "--seq", "64",
+                 "--option", "r=4"]) == 0
+    out = capsys.readouterr().out
+    row = estimate_memory("gpt2-tiny", "qlora", r=4, batch_size=4, seq_len=64, precision="bf16-mixed",
+                          device="cuda")
+    assert "qlora, batch 4 x 64 tokens, bf16-mixed, adamw, gradient checkpointing off" in out
+    lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[4:]}
+    for part in ("weights_trainable", "weights_frozen", "buffers", "gradients", "optimizer_state", "activations",
+                 "total"):
+        assert int(lines[part][0]) == row[part]  # bytes, then MiB and share
+    assert f"trainable params: {row['trainable_parameters']:,d}" in out
+
+
+def test_command_line_bad_input_exits_with_the_estimators_message(capsys):
+    from ftlab.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_code:
+        main(["estimate", "--model", "gpt2-tiny", "--seq", "64", "--method", "lora", "--option", "r=0"])
+    assert exit_code.value.code == 2
+    assert "r must be a positive integer rank, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["estimate", "--model", "llama-7b", "--option", "r"])
+    assert "--option takes KEY=VALUE" in capsys.readouterr().err

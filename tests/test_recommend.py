@@ -121,3 +121,20 @@ def test_bad_input_errors_say_what_would_be_right(results_dir, tmp_path):
         load_results(tmp_path / "broken.csv")
     with pytest.raises(FileNotFoundError, match="no results file"):
         load_results([tmp_path / "absent.csv"])
+
+
+def test_recommendation_plot_has_a_bar_per_applicable_method(results_dir):
+    import matplotlib.pyplot as plt
+
+    from ftlab.viz import plot_recommendation
+
+    table = recommend("resnet18", 8, num_examples=50, results=results_dir)
+    before = plt.get_fignums()
+    fig = plot_recommendation(table)
+    assert plt.get_fignums() == before
+    memory, storage, quality = fig.axes
+    applicable = table["memory_gib"].notna().sum()
+    assert len(memory.patches) == len(storage.patches) == applicable
+    assert [t.get_text() for t in memory.get_yticklabels()] == list(table["method"][table["memory_gib"].notna()])
+    assert len(quality.patches) == table["quality_vs_full"].notna().sum()
+    assert sum(t.get_text() == "not measured" for t in quality.texts) == applicable - len(quality.patches)
