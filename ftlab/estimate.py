@@ -5,7 +5,7 @@ conventions, for a model that may not fit in any memory here:
 
 1. **Build on the meta device.** A ``meta`` tensor has a shape and a dtype but no storage, so
    ``with torch.device("meta"): AutoModelForCausalLM.from_config(config)`` builds a 70B model in
-   a second, with exactly the parameters transformers would build. The method is applied with
+   seconds, with exactly the parameters transformers would build. The method is applied with
    ``ftlab.apply`` as for a real model.
 2. **Count the model states**, per trainable element (Rajbhandari et al. 2020, ZeRO, section 3.1):
 
@@ -38,7 +38,8 @@ Conventions to know when reading a figure:
   16-bit copies of the weights saved for backward).
 * Temporary buffers (the gradients of activations during backward, workspace of kernels, the
   allocator's fragmentation, the CUDA context) are not counted, as ``memory_report`` does not
-  count them; expect a real GPU to need some 10-20% more.
+  count them: a real GPU needs more than ``total``, so leave room (``ftlab.recommend`` keeps 10%
+  of the GPU free by default).
 """
 from __future__ import annotations
 
