@@ -64,6 +64,15 @@ def test_estimate_refuses_a_method_that_does_not_apply_with_the_methods_own_erro
         estimate_memory(load_resnet(), method, batch_size=B, image_size=IMAGE)
 
 
+def test_sgd_keeps_no_state_in_fp32_and_only_the_master_copy_in_mixed_precision(offline_models):
+    model, batch, length, _ = offline_models["gpt2"]
+    measured = memory_report(ftlab.apply(copy.deepcopy(model), "lora"), batch, optimizer="sgd")
+    estimated = estimate_memory(model, "lora", batch_size=B, **length, optimizer="sgd", device="cpu")
+    assert estimated["optimizer_state"] == measured["optimizer_state"] == 0
+    mixed = estimate_memory(model, "lora", batch_size=B, **length, optimizer="sgd", precision="bf16-mixed")
+    assert mixed["optimizer_state"] == 4 * mixed["trainable_parameters"]
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_estimate_equals_memory_report_in_pure_bf16(offline_models, method):
     model, batch, length, _ = offline_models["gpt2"]
@@ -223,6 +232,8 @@ def test_bad_input_errors_say_what_would_be_right(minilm, untouched):
         estimate_memory(model, "lorax", batch_size=1, seq_len=8)
     with pytest.raises(ValueError, match="precision must be one of.*bf16-mixed"):
         estimate_memory(model, "lora", batch_size=1, seq_len=8, precision="int8")
+    with pytest.raises(ValueError, match="device must be one of 'cuda', 'cpu'"):
+        estimate_memory(model, "lora", batch_size=1, seq_len=8, device="tpu")
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         estimate_memory(model, "lora", batch_size=0, seq_len=8)
     with pytest.raises(ValueError, match="longer than the model's context of 512"):
