@@ -50,6 +50,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,7 +62,8 @@ from ftlab.measure import MEMORY_PARTS
 from ftlab.methods import METHODS, apply
 from ftlab.methods._inject import ALL_LINEAR, find_targets, model_family
 from ftlab.methods.nf4 import STATS_BLOCK_SIZE
-from ftlab.methods.qlora import check_options as check_qlora_options, check_quantizable
+from ftlab.methods.qlora import check_options as check_qlora_options
+from ftlab.methods.qlora import check_quantizable
 from ftlab.train import default_loss
 from ftlab.validate import check_choice, check_positive_int
 from ftlab.zoo import DATA_DIR, ModelNotAvailableError
@@ -201,7 +203,11 @@ def build_meta(config) -> nn.Module:
     classifier for BERT-family models (as ``ftlab.zoo.load_bert``) and a causal LM otherwise; a
     ``{"torchvision": name, "num_classes": n}`` dict becomes that torchvision model.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PretrainedConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        PretrainedConfig,
+    )
 
     if isinstance(config, dict) and "torchvision" in config:
         from torchvision.models import get_model
@@ -565,11 +571,9 @@ def estimate_memory(model_or_config, method: str = "lora", *, batch_size: int, s
             "parameters": parameters}
 
 
-def estimate_table(row: dict) -> "pandas.DataFrame":
+def estimate_table(row: dict) -> pd.DataFrame:
     """``estimate_memory``'s parts as a table: ``part``, ``bytes``, the same in GiB (MiB when the total is
     under 1 GiB) and ``share`` of the total."""
-    import pandas as pd
-
     unit, scale = ("GiB", 2**30) if row["total"] >= 2**30 else ("MiB", 2**20)
     parts = [*MEMORY_PARTS, "total"]
     return pd.DataFrame({"part": parts, "bytes": [row[p] for p in parts],
@@ -584,7 +588,7 @@ SIZE_SWEEP = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-7b", "llama
 
 def memory_by_model_size(models=SIZE_SWEEP, methods=("full", "lora", "qlora"), precisions=("fp32", "bf16"), *,
                          batch_size: int = 1, seq_len: int = 512, gradient_checkpointing: bool = True,
-                         device: str = "cuda", options: dict[str, dict] | None = None) -> "pandas.DataFrame":
+                         device: str = "cuda", options: dict[str, dict] | None = None) -> pd.DataFrame:
     """``estimate_memory`` for every model x method x precision: one row each, with the model's name.
 
     ``options``: method options per method; by default LoRA goes on every linear layer, as QLoRA's
@@ -593,8 +597,6 @@ def memory_by_model_size(models=SIZE_SWEEP, methods=("full", "lora", "qlora"), p
     A 70B model takes seconds to build on the meta device the first time; ``catalogue_model``
     remembers it after that.
     """
-    import pandas as pd
-
     options = {"lora": {"targets": ALL_LINEAR}} if options is None else options
     rows = [{"model": name, **estimate_memory(name, method, batch_size=batch_size, seq_len=seq_len,
                                               precision=precision, gradient_checkpointing=gradient_checkpointing,

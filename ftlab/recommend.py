@@ -29,7 +29,7 @@ from torch import nn
 from ftlab.estimate import PRECISIONS, estimate_memory, is_classifier, meta_model
 from ftlab.methods import METHODS
 from ftlab.methods._inject import ALL_LINEAR, DEFAULT_TARGETS, model_family
-from ftlab.validate import check_int, check_number, check_positive_int
+from ftlab.validate import check_number, check_positive_int
 from ftlab.zoo import DATA_DIR
 
 GIB, MIB = 2**30, 2**20
@@ -274,11 +274,11 @@ def reasons(method: str, row: dict, fits: bool, gpu_memory_gb: float, budget: fl
                f"batch {row['batch_size']}")
     states = row["total"] - row["activations"]
     if fits:
-        words = [f"Fits in {gpu_memory_gb:g} GiB with {setting}: {_size(row['total'])} "
-                 f"(weights and optimizer {_size(states)}, activations {_size(row['activations'])})."]
+        words = [(f"Fits in {gpu_memory_gb:g} GiB with {setting}: {_size(row['total'])} "
+                  f"(weights and optimizer {_size(states)}, activations {_size(row['activations'])}).")]
     else:
-        words = [f"Does not fit in {gpu_memory_gb:g} GiB ({_size(budget)} usable) even with {setting}: needs "
-                 f"{_size(row['total'])}, of which weights, gradients and optimizer state {_size(states)}."]
+        words = [(f"Does not fit in {gpu_memory_gb:g} GiB ({_size(budget)} usable) even with {setting}: needs "
+                  f"{_size(row['total'])}, of which weights, gradients and optimizer state {_size(states)}.")]
     if method == "qlora":
         words.append("The frozen weights are stored in 4-bit NF4 (about 0.52 bytes each).")
     if method == "full":
