@@ -4,8 +4,8 @@ import math
 import pandas as pd
 import pytest
 
-from ftlab.estimate import estimate_memory
-from ftlab.recommend import GIB, MIB, load_results, quality_vs_full, recommend
+from ftlab.estimate import estimate_memory, meta_model
+from ftlab.recommend import GIB, MIB, load_results, method_options, quality_vs_full, recommend
 
 # One row per run, the reference-results format (data/results/<name>.csv); values made up for the tests.
 DIGITS = {  # labels_per_class -> method -> test accuracy per seed 0, 1, 2
@@ -46,8 +46,9 @@ def test_7b_llama_on_a_24_gb_gpu_fits_lora_with_checkpointing_and_qlora_but_not_
     assert list(table["method"][:2]) != ["full"] and table["method"].iloc[-1] == "full"
     # each row is estimate_memory at the setting it names
     lora = rows.loc["lora"]
-    exact = estimate_memory("llama-7b", "lora", targets="all-linear", batch_size=int(lora["batch_size"]), seq_len=512,
-                            precision=lora["precision"], gradient_checkpointing=True, device="cuda")
+    options, _ = method_options(meta_model("llama-7b"), "lora")
+    exact = estimate_memory("llama-7b", "lora", batch_size=int(lora["batch_size"]), seq_len=512,
+                            precision=lora["precision"], gradient_checkpointing=True, device="cuda", **options)
     assert lora["memory_gib"] == exact["total"] / GIB
     # no text result lies within a factor of 2 of 10k examples: no number, and the reason says so
     assert math.isnan(rows.loc["lora", "quality_vs_full"])
