@@ -9,3 +9,5 @@ from ftlab.methods import apply
 from ftlab.methods._inject import (add_adapter, delete_adapter, disable_adapters, merge, merge_and_unload,
                                    set_adapter, unmerge)
 from ftlab.peft_io import export_peft, import_peft
+from ftlab.estimate import estimate_memory
+from ftlab.recommend import recommend

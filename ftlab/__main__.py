@@ -1,6 +1,7 @@
 """Command line: ``python -m ftlab info``, ``python -m ftlab bench lora``,
 ``python -m ftlab compare --task sentiment --methods all --seeds 3``,
-``python -m ftlab tune --task sentiment``, ``python -m ftlab sweep --task digits --labels-per-class 1,2,5,20``."""
+``python -m ftlab tune --task sentiment``, ``python -m ftlab sweep --task digits --labels-per-class 1,2,5,20``,
+``python -m ftlab estimate --model llama-7b --method qlora --batch 4 --seq 512``."""
 from __future__ import annotations
 
 import argparse
@@ -152,6 +153,42 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     print(summarize(rows).round(3).to_string(index=False))
+def estimate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Print the memory of one training step, part by part, from ``ftlab.estimate_memory`` (nothing is allocated).
+
+    Bad input stops with ``parser.error`` (exit code 2) and the estimator's message.
+    """
+    import ast
+
+    from ftlab.estimate import CONFIGS, estimate_memory, estimate_table
+    from ftlab.measure import format_parameters
+    from ftlab.zoo import ModelNotAvailableError
+
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            parser.error(f"--option takes KEY=VALUE, e.g. --option r=16 or --option targets=all-linear; got {item!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value  # a plain word such as all-linear
+    length = {"image_size": args.image_size} if args.image_size is not None else {"seq_len": args.seq}
+    try:
+        row = estimate_memory(args.model, args.method, batch_size=args.batch, precision=args.precision,
+                              optimizer=args.optimizer, gradient_checkpointing=args.checkpointing,
+                              device=args.device, **length, **options)
+    except (ValueError, TypeError, ModelNotAvailableError) as err:
+        parser.error(str(err))
+    source = CONFIGS[args.model]["source"] if args.model in CONFIGS else args.model
+    shape = f"{row['image_size']}x{row['image_size']} images" if args.image_size is not None else \
+        f"{row['seq_len']} tokens"
+    print(f"{args.model}: {source}")
+    print(f"{args.method}, batch {row['batch_size']} x {shape}, {row['precision']}, {row['optimizer']}, "
+          f"gradient checkpointing {'on' if row['gradient_checkpointing'] else 'off'}, "
+          f"attention kernels of {row['device']}")
+    print(format_parameters(row["trainable_parameters"], row["parameters"]))
+    print(estimate_table(row).to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +246,27 @@ def main(argv: list[str] | None = None) -> int:
     sweeping.add_argument("--out", type=Path, default=RESULTS_DIR,
                           help="folder of sweep_TASK.csv/.json (default: data/results)")
     sweeping.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    from ftlab.estimate import OPTIMIZER_MOMENTS, PRECISIONS
+    from ftlab.methods import METHODS
+
+    memory = sub.add_parser("estimate", help="memory of one training step of any model or config, up to 70B, "
+                                             "part by part (nothing is allocated)")
+    memory.add_argument("--model", required=True,
+                        help="a catalogue name (llama-7b, llama-13b, llama-70b, mistral-7b, qwen2-7b, gpt2, gpt2-xl, "
+                             "bert-base, minilm, gpt2-tiny, resnet18, ...: see ftlab.estimate.CONFIGS), a folder "
+                             "with config.json, or a hub name in the local cache")
+    memory.add_argument("--method", default="lora", choices=list(METHODS), help="fine-tuning method (default lora)")
+    memory.add_argument("--batch", type=int, default=1, help="examples per batch (default 1)")
+    memory.add_argument("--seq", type=int, default=512, help="tokens per example (default 512)")
+    memory.add_argument("--image-size", type=int, help="for a ResNet: the side of a square image in pixels")
+    memory.add_argument("--precision", default="bf16-mixed", choices=list(PRECISIONS),
+                        help="default bf16-mixed (16-bit model, fp32 master weights in the optimizer)")
+    memory.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZER_MOMENTS))
+    memory.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    memory.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="whose attention kernels to count (default cuda)")
+    memory.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option, repeatable: --option r=16 --option targets=all-linear")
     args = parser.parse_args(argv)
     if args.command == "info":
         info()
@@ -221,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         tune(tuning, args, sys.argv[1:] if argv is None else argv)
     elif args.command == "sweep":
         sweep(sweeping, args, sys.argv[1:] if argv is None else argv)
+    elif args.command == "estimate":
+        estimate(memory, args)
     return 0
 
 

@@ -547,3 +547,60 @@ def plot_sweep(rows, x: str = "num_steps", value: str = "value", by: str = "meth
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
+
+
+# ---- estimate
+
+def plot_memory_by_model_size(df, gpus: Sequence[float] = (16, 24, 48, 80)):
+    """Memory of one training step against model size (``ftlab.estimate.memory_by_model_size``'s table), log-log:
+    one line per method (colour) and precision (line style), with GPUs of ``gpus`` GiB drawn as grey lines."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = ["-", "--", ":", "-."]
+    precisions = list(dict.fromkeys(df["precision"]))
+    for i, method in enumerate(dict.fromkeys(df["method"])):
+        for j, precision in enumerate(precisions):
+            rows = df[(df["method"] == method) & (df["precision"] == precision)].sort_values("parameters")
+            ax.plot(rows["parameters"], rows["total"] / 2**30, styles[j % len(styles)], marker="o", markersize=3,
+                    color=f"C{i % 10}", label=f"{method}, {precision}")
+    for gpu in gpus:
+        ax.axhline(gpu, color="grey", linewidth=0.8, zorder=0)
+        ax.annotate(f"{gpu:g} GB GPU", (df["parameters"].min(), gpu), textcoords="offset points", xytext=(2, 2),
+                    fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("memory of one training step (GiB)")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_recommendation(table):
+    """``ftlab.recommend``'s table in three panels, one bar per method: memory of the cheapest setting (green:
+    fits, red: does not fit) against the GPU, storage for all tasks, and quality against full fine-tuning
+    with its spread over seeds ("not measured" where the lab has no result). Methods that do not apply are
+    left out."""
+    rows = table[table["memory_gib"].notna()]
+    y = range(len(rows))
+    fig, (ax_memory, ax_storage, ax_quality) = plt.subplots(1, 3, figsize=(13, 0.45 * len(rows) + 1.6), sharey=True)
+    ax_memory.barh(y, rows["memory_gib"], color=["C2" if fits else "C3" for fits in rows["fits"]])
+    if "gpu_memory_gb" in table.attrs:
+        ax_memory.axvline(table.attrs["gpu_memory_gb"], color="black", linewidth=1)
+        ax_memory.axvline(table.attrs["usable_gib"], color="black", linewidth=0.8, linestyle="--")
+    ax_memory.set_xlabel("GiB for one step (line: the GPU, dashed: usable)")
+    ax_storage.barh(y, rows["storage_all_tasks_gib"], color="C0")
+    ax_storage.set_xlabel(f"GiB stored for {table.attrs.get('num_tasks', 'all')} task(s)")
+    measured = rows["quality_vs_full"].notna()
+    ax_quality.barh([k for k, m in zip(y, measured) if m], rows["quality_vs_full"][measured],
+                    xerr=rows["quality_spread"][measured], color="C1", capsize=3)
+    for k, m in zip(y, measured):
+        if not m:
+            ax_quality.annotate("not measured", (0, k), va="center", fontsize=8, color="grey")
+    ax_quality.axvline(0, color="black", linewidth=0.8)
+    ax_quality.set_xlabel("metric minus full fine-tuning's")
+    ax_memory.set_yticks(list(y), list(rows["method"]))
+    ax_memory.invert_yaxis()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
