@@ -14,9 +14,9 @@ MACHINE = {"threads": 1, "torch": "2.14.1", "cores": 2, "cpu": "Test CPU"}
 TITLES = {"00_start_here.ipynb": "00 · Start here", "07_loha_lokr_ia3.ipynb": "07 · LoHa, LoKr, IA3 and BitFit"}
 
 
-def row(notebook, mode, seconds, status="ok", date="2026-12-01", commit="abc1234"):
+def row(notebook, mode, seconds, status="ok", date="2026-12-01", commit="abc1234", load=0.5):
     return {"notebook": notebook, "mode": mode, "seconds": seconds, "status": status, "date": date,
-            "commit": commit, **MACHINE}
+            "commit": commit, "load": load, **MACHINE}
 
 
 def test_record_round_trips_through_csv_and_json(tmp_path):
@@ -39,13 +39,15 @@ def test_a_new_run_replaces_only_the_rows_it_measured():
 
 def test_readme_table_says_how_it_was_measured_and_marks_gaps_and_failures():
     rows = [row("00_start_here.ipynb", "classroom", 87.4), row("00_start_here.ipynb", "fast", 17.0, date="2026-12-02"),
-            row("07_loha_lokr_ia3.ipynb", "classroom", 301, status="failed")]
+            row("07_loha_lokr_ia3.ipynb", "classroom", 301, status="failed", load=1.2)]
     block = tn.runtime_block(rows, TITLES)
-    assert "on 2026-12-01 to 2026-12-02 (commit abc1234)" in block
-    assert "1 torch thread, on Test CPU (2 cores), torch 2.14.1" in block
+    how = " ".join(block.split("\n\n")[0].split())
+    assert "on 2026-12-01 to 2026-12-02 (commit abc1234)" in how
+    assert "1 torch thread, on Test CPU (2 cores), torch 2.14.1; the machine's load average before each run was 0.5 to 1.2" in how
+    assert max(len(line) for line in block.splitlines() if not line.startswith("|")) <= 118
     assert "| 00 · Start here | 87 s | 17 s |" in block
     assert "| 07 · LoHa, LoKr, IA3 and BitFit | failed after 301 s | not measured |" in block
-    assert "| all that ran | 87 s (1 notebooks) | 17 s (1 notebooks) |" in block
+    assert "| all that ran | 87 s (1 notebook) | 17 s (1 notebook) |" in block
 
 
 def test_update_readme_replaces_only_the_text_between_the_markers(tmp_path):

@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +34,7 @@ README = REPO / "README.md"
 BEGIN = "<!-- notebook-times:begin (written by tools/time_notebooks.py from data/results/notebook_times.csv) -->"
 END = "<!-- notebook-times:end -->"
 MODES = ("classroom", "fast")
-COLUMNS = ["notebook", "mode", "seconds", "status", "date", "commit", "threads", "torch", "cores", "cpu"]
+COLUMNS = ["notebook", "mode", "seconds", "status", "date", "commit", "load", "threads", "torch", "cores", "cpu"]
 KERNEL = "ftlab-timing"
 
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
 
+    failed = []
     if not args.update_readme_only:
         modes = MODES if args.mode == "both" else (args.mode,)
         names = select_notebooks(sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")), args.only)
@@ -61,13 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         merged = merge_rows(read_rows(args.record), rows)
         write_record(args.record, merged, provenance(command, machine, args.threads))
         print(f"wrote {args.record.with_suffix('.csv')} and .json")
+        failed = [f"{row['notebook']} ({row['mode']})" for row in rows if row["status"] != "ok"]
     rows = read_rows(args.record)
     if not rows:
         print(f"no record at {args.record.with_suffix('.csv')}: time some notebooks first", file=sys.stderr)
         return 1
     update_readme(args.readme, runtime_block(rows, notebook_titles(REPO / "notebooks")))
     print(f"rewrote the runtime table in {args.readme}")
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def select_notebooks(names: list[str], only: list[str] | None) -> list[str]:
@@ -102,11 +107,12 @@ def time_notebooks(names: list[str], modes, *, threads: int, timeout: int) -> tu
                 env = notebook_env(work, mode, threads, tmp / "jupyter")
                 machine = machine or machine_info(env)
                 print(f"{name} ({mode}) ...", end=" ", flush=True)
+                load = round(os.getloadavg()[0], 1)  # other work on the machine slows the notebook down
                 seconds, ok, log = run_notebook(work / "clone" / "notebooks" / name, work, env, timeout)
                 print(f"{seconds:.0f} s" + ("" if ok else f" FAILED\n{log[-2000:]}"), flush=True)
                 rows.append({"notebook": name, "mode": mode, "seconds": round(seconds, 1),
                              "status": "ok" if ok else "failed", "date": datetime.now(timezone.utc).date().isoformat(),
-                             "commit": commit, **machine})
+                             "commit": commit, "load": load, **machine})
     return rows, machine
 
 
@@ -174,8 +180,8 @@ def read_rows(record: Path) -> list[dict]:
         rows = list(csv.DictReader(f))
     if rows and set(rows[0]) != set(COLUMNS):
         raise ValueError(f"{path} has columns {list(rows[0])}, expected {COLUMNS}")
-    return [{**row, "seconds": float(row["seconds"]), "threads": int(row["threads"]), "cores": int(row["cores"])}
-            for row in rows]
+    return [{**row, "seconds": float(row["seconds"]), "load": float(row["load"]), "threads": int(row["threads"]),
+             "cores": int(row["cores"])} for row in rows]
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
@@ -210,16 +216,14 @@ def runtime_block(rows: list[dict], titles: dict[str, str]) -> str:
 
     dates = sorted({row["date"] for row in rows})
     when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    loads = sorted(row["load"] for row in rows)
     threads = distinct("threads")
-    lines = [
-        f"Measured by `python tools/time_notebooks.py` on {when} (commit {distinct('commit')}): each notebook run "
-        f"alone from a fresh clone with an empty model cache, `jupyter nbconvert --execute`, wall time including the "
-        f"kernel start, {threads} torch thread{'' if threads == '1' else 's'}, on {distinct('cpu')} "
-        f"({distinct('cores')} cores), torch {distinct('torch')}.",
-        "",
-        "| notebook | classroom | FAST |",
-        "| --- | --- | --- |",
-    ]
+    how = (f"Measured by `python tools/time_notebooks.py` on {when} (commit {distinct('commit')}): each notebook run "
+           f"alone from a fresh clone with an empty model cache, `jupyter nbconvert --execute`, wall time including "
+           f"the kernel start, {threads} torch thread{'' if threads == '1' else 's'}, on {distinct('cpu')} "
+           f"({distinct('cores')} cores), torch {distinct('torch')}; the machine's load average before each run was "
+           f"{loads[0]:g} to {loads[-1]:g}.")
+    lines = [*textwrap.wrap(how, width=118), "", "| notebook | classroom | FAST |", "| --- | --- | --- |"]
     by_key = {(row["notebook"], row["mode"]): row for row in rows}
     for name in sorted({row["notebook"] for row in rows} | set(titles)):
         cells = []
@@ -235,7 +239,8 @@ def runtime_block(rows: list[dict], titles: dict[str, str]) -> str:
     totals = []
     for mode in MODES:
         times = [row["seconds"] for row in rows if row["mode"] == mode and row["status"] == "ok"]
-        totals.append(f"{sum(times):.0f} s ({len(times)} notebooks)" if times else "not measured")
+        totals.append(f"{sum(times):.0f} s ({len(times)} notebook{'' if len(times) == 1 else 's'})" if times
+                      else "not measured")
     lines.append(f"| all that ran | {totals[0]} | {totals[1]} |")
     return "\n".join(lines)
 
