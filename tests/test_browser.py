@@ -33,8 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("FTLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-HOW_TO_ENABLE = ("browser tests skipped: they need Chromium and playwright "
-                 "(apt-get install -y chromium && pip install -r requirements-dev.txt)")
+INSTALL = "apt-get install -y chromium && pip install -r requirements-dev.txt"
 WIDGET_CALL = re.compile(r"(?<![\w.])explore\(")
 KERNEL = "ftlab-browser-test"
 RUN_TIMEOUT_MS = 600_000     # running a notebook's cells (FAST mode)
@@ -83,9 +82,9 @@ def lab(request, tmp_path_factory):
     why = missing_browser()
     if why:
         if os.environ.get("FTLAB_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"FTLAB_REQUIRE_BROWSER=1 but {why}: {HOW_TO_ENABLE.split(': ', 1)[1]}")
-        say(request, f"{HOW_TO_ENABLE} ({why})")
-        pytest.skip(f"{HOW_TO_ENABLE} ({why})")
+            pytest.fail(f"FTLAB_REQUIRE_BROWSER=1 but {why}; install them with: {INSTALL}")
+        say(request, f"browser tests skipped ({why}); to run them: {INSTALL}")
+        pytest.skip(f"{why}; to run the browser tests: {INSTALL}")
     from playwright.sync_api import sync_playwright
 
     work = tmp_path_factory.mktemp("lab")
@@ -216,12 +215,14 @@ UPDATES = """(panel) => Number(Array.from(panel.classList).find(c => c.startsWit
 
 
 @pytest.mark.parametrize("source", widget_notebooks(), ids=lambda path: path.stem)
-def test_widgets_update_in_the_browser(lab, source):
+def test_widgets_update_in_the_browser(lab, source, request):
     """Every control of every widget changes the result, one figure per result part, no traceback, no console error."""
     page, errors = lab["page"], lab["errors"]
     errors.clear()
     name, cells = prepare_copy(source, lab["root"])
+    start = time.perf_counter()
     ran = page.evaluate(OPEN_AND_RUN, name)
+    run_seconds, updates = time.perf_counter() - start, 0
     try:
         check_no_traceback(page, f"{name} after running its cells")
         assert ran, f"{name}: a cell failed while running all cells"
@@ -230,19 +231,23 @@ def test_widgets_update_in_the_browser(lab, source):
             panels = cell.query_selector_all(".ftlab-explore")
             assert panels, f"{name}: cell {index} calls explore( but shows no widget panel"
             for k, panel in enumerate(panels):
-                drive_widget(page, cell, panel, f"{source.stem}-cell{index}-widget{k}", lab["shots"])
+                updates += drive_widget(page, cell, panel, f"{source.stem}-cell{index}-widget{k}", lab["shots"])
         assert not errors, f"{name}: the browser logged console errors: {errors}"
     finally:
         page.evaluate(CLOSE)
+    say(request, f"{source.stem}: {cells[-1] + 1} cells run in {run_seconds:.1f} s, "
+                 f"{updates} widget updates in {time.perf_counter() - start - run_seconds:.1f} s")
 
 
-def drive_widget(page, cell, panel, label: str, shots: Path) -> None:
-    """Change each control of ``panel`` once (pressing its button when it has one) and check the result."""
+def drive_widget(page, cell, panel, label: str, shots: Path) -> int:
+    """Change each control of ``panel`` once (pressing its button when it has one), check the result after each
+    change, and return the number of updates."""
     result = page.evaluate(RESULT, cell)
     assert result, f"{label}: the widget has no result output (its static copy)"
     images, inside = page.evaluate(IMAGES, cell)
     assert inside == 0, f"{label}: a figure is shown inside the widget panel"
-    assert images == sum(mime.startswith("image/") for mime, _ in result), f"{label}: figures shown twice"
+    figures = [content for mime, content in result if mime.startswith("image/")]
+    assert images == len(figures) and len(set(figures)) == len(figures), f"{label}: a figure is shown twice"
     button = panel.query_selector(":scope > .ftlab-run")
     controls = [child for child in panel.query_selector_all(":scope > *")
                 if not child.evaluate("(e) => e.matches('.ftlab-run, .widget-output')")]
@@ -263,6 +268,7 @@ def drive_widget(page, cell, panel, label: str, shots: Path) -> None:
         cell.scroll_into_view_if_needed()
         cell.query_selector(".jp-Cell-outputWrapper").screenshot(path=shots / f"{label}-{number}.png")
         result = after
+    return len(controls)
 
 
 def change_control(control) -> str:
