@@ -210,6 +210,10 @@ RESULT = """(node) => Array.from(node.querySelectorAll('.jp-OutputArea-output'))
         const img = out.querySelector('img');
         return [out.dataset.mimeType || '', img ? img.src : out.innerText];
     })"""
+# The text/plain of every output as it would be saved: a progress bar must have become its final line.
+SAVED_TEXT = """() => window.jupyterapp.shell.currentWidget.context.model.toJSON().cells
+    .flatMap(cell => cell.outputs || []).map(out => [].concat((out.data || {})['text/plain'] || []).join(''))"""
+FROZEN_BAR = re.compile(r"\d+%\||running \(a live bar")  # tqdm's "0%|", or an ftlab.progress bar never closed
 IMAGES = "(node) => [node.querySelectorAll('img').length, node.querySelectorAll('.ftlab-explore img').length]"
 UPDATES = """(panel) => Number(Array.from(panel.classList).find(c => c.startsWith('ftlab-updates-')).slice(14))"""
 
@@ -226,6 +230,8 @@ def test_widgets_update_in_the_browser(lab, source, request):
     try:
         check_no_traceback(page, f"{name} after running its cells")
         assert ran, f"{name}: a cell failed while running all cells"
+        frozen = [text for text in page.evaluate(SAVED_TEXT) if FROZEN_BAR.search(text)]
+        assert not frozen, f"{name}: progress bars that would be saved unfinished: {frozen[:3]}"
         for index in cells:
             cell = page.evaluate_handle(CELL, index).as_element()
             panels = cell.query_selector_all(".ftlab-explore")
