@@ -16,6 +16,7 @@ It needs Chromium and playwright:  apt-get install -y chromium && pip install -r
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -34,7 +35,7 @@ CHROMIUM = os.environ.get("FTLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 INSTALL = "apt-get install -y chromium && pip install -r requirements-dev.txt"
-WIDGET_CALL = re.compile(r"(?<![\w.])explore\(")
+WIDGET_CALL = re.compile(r"\bexplore\(")  # explore(...) or widgets.explore(...), not my_explore(...)
 KERNEL = "ftlab-browser-test"
 RUN_TIMEOUT_MS = 600_000     # running a notebook's cells (FAST mode)
 UPDATE_TIMEOUT_MS = 300_000  # one widget update (a manual one may train)
@@ -62,18 +63,19 @@ def missing_browser() -> str | None:
     """Why the browser tests cannot run here, or None."""
     if not Path(CHROMIUM).exists():
         return f"no Chromium at {CHROMIUM}"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         return "the playwright package is not installed"
     return None
 
 
-def test_widget_notebooks_are_found():
-    """The discovery the browser test relies on finds the demo notebook and nothing without a widget."""
-    found = widget_notebooks()
-    assert ROOT / "tests" / "browser" / "widgets_demo.ipynb" in found
-    assert all(widget_cells(json.loads(path.read_text())) for path in found)
+def test_widget_cells_are_the_code_cells_that_call_explore():
+    def cell(kind, source):
+        return {"cell_type": kind, "source": [source]}
+
+    notebook = {"cells": [cell("markdown", "Call `explore(f, r=[1, 2])`."), cell("code", "explore(f, r=[1, 2])"),
+                          cell("code", "my_explore(f)"), cell("code", "x = 1\nftlab.widgets.explore(f, r=[1])")]}
+    assert widget_cells(notebook) == [1, 3]
+    assert ROOT / "tests" / "browser" / "widgets_demo.ipynb" in widget_notebooks()
 
 
 @pytest.fixture(scope="module")
@@ -187,14 +189,15 @@ def prepare_copy(source: Path, root: Path) -> tuple[str, list[int]]:
 
 
 # JavaScript run in the page. Cells are found by their index in the notebook.
-OPEN_AND_RUN = """async (path) => {
+OPEN_AND_RUN = """async ([path, timeout]) => {
     const app = window.jupyterapp;
     const panel = await app.commands.execute('docmanager:open', {path});
     await panel.context.ready;
     await panel.sessionContext.ready;
     app.shell.activateById(panel.id);
-    const ok = await app.commands.execute('notebook:run-all-cells');
-    return ok;
+    const late = new Promise((_, reject) => setTimeout(
+        () => reject(new Error(`the cells did not finish within ${timeout / 1000} s`)), timeout));
+    return await Promise.race([app.commands.execute('notebook:run-all-cells'), late]);
 }"""
 CLOSE = """async () => {
     const panel = window.jupyterapp.shell.currentWidget;
@@ -225,7 +228,7 @@ def test_widgets_update_in_the_browser(lab, source, request):
     errors.clear()
     name, cells = prepare_copy(source, lab["root"])
     start = time.perf_counter()
-    ran = page.evaluate(OPEN_AND_RUN, name)
+    ran = page.evaluate(OPEN_AND_RUN, [name, RUN_TIMEOUT_MS])
     run_seconds, updates = time.perf_counter() - start, 0
     try:
         check_no_traceback(page, f"{name} after running its cells")

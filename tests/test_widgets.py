@@ -191,7 +191,7 @@ def test_stored_notebook_shows_each_widgets_result(path):
     """The saved notebook (and GitHub) shows each widget's first result under its panel, since widget state
     is not saved. Fails until the notebook is re-run after a widget cell changed."""
     for cell in notebook_cells(path):
-        if re.search(r"(?<![\w.])explore\(", "".join(cell["source"])):
+        if re.search(r"\bexplore\(", "".join(cell["source"])):
             kinds = [set(output.get("data", {})) for output in cell["outputs"]]
             panel = next((i for i, data in enumerate(kinds) if WIDGET in data), None)
             assert panel is not None, f"{path.name}: a widget cell without its stored panel (re-run the notebook)"
