@@ -129,7 +129,8 @@ class Explorer:
 
         first = result_parts(self.plot_fn(**self.values()) if initial is None else initial)
         bundle = self.panel._repr_mimebundle_()
-        bundle["text/plain"] = f"[widget: {self.plot_fn.__name__}({', '.join(self.controls)}); run the notebook to use it]"
+        names = ", ".join(self.controls)
+        bundle["text/plain"] = f"[widget: {self.plot_fn.__name__}({names}); run the notebook to use it]"
         display(bundle, raw=True)
         self.handles = [display(part, display_id=True) for part in first]
 
