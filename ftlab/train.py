@@ -28,10 +28,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ftlab import distributed
 from ftlab.config import device as default_device
+from ftlab.progress import progress as progress_bar
 from ftlab.validate import check_choice, check_int, check_number, check_positive_int
 
 IGNORE_INDEX = -100  # the label cross-entropy skips: prompt and padding positions, unscored tokens
@@ -495,7 +495,7 @@ def fit(
         return FitError(message, step=step, history=history)
 
     model.train()
-    bar = tqdm(range(num_steps), disable=not progress or not distributed.is_main(), desc="fit", leave=False)
+    bar = progress_bar(range(num_steps), disable=not progress or not distributed.is_main(), desc="fit")
     with checkpointed(model) if gradient_checkpointing else contextlib.nullcontext():
         for step in bar:
             if on_step is not None:
@@ -657,7 +657,7 @@ def lr_find(model: torch.nn.Module, train_data: Iterable, *, start_lr: float = 1
     try:
         model.train()
         batches = cycle(train_data)
-        for i, lr in enumerate(tqdm(lrs, disable=not progress, desc="lr_find", leave=False)):
+        for i, lr in enumerate(progress_bar(lrs, disable=not progress, desc="lr_find")):
             for group, ratio in zip(opt.param_groups, ratios):
                 group["lr"] = lr * ratio
             try:

@@ -21,11 +21,11 @@ import time
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ftlab.compare import check_seeds, summarize as summarize_runs
 from ftlab.config import seed_everything
 from ftlab.measure import count_parameters
+from ftlab.progress import progress as progress_bar
 from ftlab.methods.freeze import discriminative_param_groups, freeze_to, gradual_unfreezing
 from ftlab.tasks.images import image_loader, make_digits
 from ftlab.train import evaluate, fit
@@ -89,8 +89,8 @@ def compare_pretrained(labels_per_class=(1, 2, 5, 10, 20), seeds=(0, 1, 2), *, p
     seeds = check_seeds(seeds)
     models = [pretrained, "scratch"]
     jobs = [(m, search_labels_per_class, seeds[0], lr) for m in models for lr in lrs]
-    bar = tqdm(total=len(jobs) + len(models) * len(labels_per_class) * len(seeds), disable=not progress,
-               desc="compare_pretrained")
+    bar = progress_bar(total=len(jobs) + len(models) * len(labels_per_class) * len(seeds), disable=not progress,
+                       desc="compare_pretrained")
     options = {"num_steps": num_steps, "batch_size": batch_size, "eval_every": eval_every}
 
     search = []
@@ -217,7 +217,7 @@ def compare_freezing(recipes=None, seeds=(0, 1, 2), *, labels_per_class: int | N
     if not isinstance(recipes, dict) or not recipes:
         raise TypeError("recipes must be None, a non-empty list of FREEZE_RECIPES names or a dict name -> recipe")
     rows = []
-    bar = tqdm(total=len(recipes) * len(seeds), disable=not progress, desc="compare_freezing")
+    bar = progress_bar(total=len(recipes) * len(seeds), disable=not progress, desc="compare_freezing")
     for seed in seeds:
         data = make_digits(labels_per_class, seed=seed)
         loaders = {split: image_loader(data[split], batch_size=250) for split in ("validation", "test", "test_shifted")}
