@@ -368,7 +368,7 @@ def check_sft_labels(fn: Callable) -> bool:
     """Exercise (notebook 10): ``fn(prompt_ids, response_ids, width)`` returns the SFT labels of one example
     padded to ``width``: -100 on every prompt and padding position, the response token ids (unshifted) elsewhere.
     Compared with the labels of ``ftlab.align.sft.collate``."""
-    from ftlab.align.sft import collate
+    from ftlab.align.common import collate
 
     name = "SFT labels with the prompt masked"
     prompt_ids, response_ids, width = [0, 17, 5, 9, 2], [11, 4, 0], 10  # bos + prompt, response + eos
