@@ -199,7 +199,7 @@ def test_load_tokenizer_fails_fast_offline_and_loads_offline_names():
     assert load_tokenizer(str(TINY)).vocab == load_tokenizer("tiny").vocab
 
 
-def test_quiet_silences_bitsandbytes_kernels_message_only_inside_the_block():
+def test_quiet_silences_the_bitsandbytes_kernels_message_of_import_peft():
     code = "from ftlab.zoo import quiet\nwith quiet():\n    import peft\nprint('imported')"
     quiet_run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     loud_run = subprocess.run([sys.executable, "-c", "import peft"], capture_output=True, text=True, timeout=300)
