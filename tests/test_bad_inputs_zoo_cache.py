@@ -90,7 +90,7 @@ def test_load_bert_refuses_a_gpt2_folder_and_names_load_gpt2(gpt2_copy):
 def test_load_gpt2_refuses_a_bert_and_names_load_bert():
     with pytest.raises(ModelNotAvailableError, match=r"BERT-family encoder.*ftlab.zoo.load_bert\("):
         load_gpt2(str(zoo.OFFLINE["bert"]["minilm"]()))
-    with pytest.raises(ModelNotAvailableError, match=r"which load_causal_lm does not load: load it with ftlab.zoo.load_bert"):
+    with pytest.raises(ModelNotAvailableError, match=r"load_causal_lm does not load: load it with ftlab.zoo.load_bert"):
         load_causal_lm(str(zoo.OFFLINE["bert"]["minilm"]()))
 
 

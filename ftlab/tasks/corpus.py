@@ -389,7 +389,8 @@ def _owner_game(rng: random.Random, a: str, b: str) -> list[str]:
 
 
 LESSON_GAMES = [_word_game, _plural_game, _past_game, _owner_game]
-GAME_WEIGHTS = [3, 1, 1, 1]  # word games come up most: copying words out of the context is the skill the others build on
+# word games come up most: copying words out of the context is the skill the others build on
+GAME_WEIGHTS = [3, 1, 1, 1]
 
 
 def make_lesson(rng: random.Random) -> str:
