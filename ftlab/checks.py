@@ -1205,7 +1205,7 @@ def check_ewc_penalty(call) -> Problem | None:
                 "padding), not by which token it holds: the response may contain tokens of the prompt (GPT-2's "
                 "<|endoftext|> starts every prompt and ends every response)",
           sketch="[-100] * ______ + list(response_ids) + [-100] * ______ (the number of padding positions)",
-          refuse=("ftlab.align.sft:collate",))
+          refuse=("ftlab.align.common:collate",))
 def check_sft_labels(call) -> Problem | None:
     """Exercise (notebook 10): ``fn(prompt_ids, response_ids, width)`` returns the SFT labels of one example padded to
     ``width``: -100 on every prompt and padding position, the response ids (not shifted) on the response positions.

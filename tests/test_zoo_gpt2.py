@@ -9,8 +9,9 @@ import torch
 from safetensors import safe_open
 
 from ftlab import zoo
+from ftlab.lm import lm_loader, perplexity
 from ftlab.measure import count_parameters
-from ftlab.tasks.corpus import lm_loader, make_corpus, perplexity
+from ftlab.tasks.corpus import make_corpus
 
 TINY = zoo.DATA_DIR / "gpt2_tiny"
 METRICS = json.loads((TINY / "metrics.json").read_text())

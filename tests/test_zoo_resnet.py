@@ -111,9 +111,11 @@ def test_imagenet_is_read_from_the_torch_hub_cache_first(tmp_path, monkeypatch):
         load_resnet("imagenet")
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.0, "10"])
-def test_bad_num_classes_raises_a_clear_error(bad):
-    with pytest.raises(ValueError, match="num_classes must be a positive whole number"):
+@pytest.mark.parametrize("bad, error, message", [(0, ValueError, "at least 2, got 0"), (1, ValueError, "at least 2"),
+                                                  (-3, ValueError, "at least 2"), (2.0, TypeError, "whole number"),
+                                                  ("10", TypeError, "whole number"), (True, TypeError, "whole number")])
+def test_bad_num_classes_raises_a_clear_error(bad, error, message):
+    with pytest.raises(error, match=f"num_classes must be .*{message}"):
         load_resnet(num_classes=bad)
 
 

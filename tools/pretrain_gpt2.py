@@ -21,8 +21,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ftlab.config import seed_everything
+from ftlab.lm import lm_loader, packed_loader, perplexity, unigram_perplexity
 from ftlab.measure import count_parameters
-from ftlab.tasks.corpus import lm_loader, make_corpus, packed_loader, perplexity, unigram_perplexity
+from ftlab.tasks.corpus import make_corpus
 from ftlab.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
