@@ -53,6 +53,7 @@ from ftlab.align.generate import decode, generate, generate_ids
 from ftlab.align.reward import RewardModel, score
 from ftlab.config import device as default_device
 from ftlab.config import pick, seed_everything
+from ftlab.progress import progress as progress_bar
 from ftlab.train import to_device
 from ftlab.validate import eval_mode
 
@@ -216,8 +217,6 @@ def ppo_train(policy: nn.Module, reward_model: RewardModel, tokenizer, prompts: 
     iterations (and at the end), a rollout on ``eval_prompts`` without update gives
     ``"eval_reward"`` and ``"eval_kl"`` at ``"eval_iteration"`` (iteration 0 is before training).
     """
-    from tqdm.auto import tqdm
-
     if num_iterations <= 0:
         raise ValueError(f"num_iterations must be positive, got {num_iterations}")
     if kl_coef < 0:
@@ -257,7 +256,7 @@ def ppo_train(policy: nn.Module, reward_model: RewardModel, tokenizer, prompts: 
 
     if eval_prompts:
         evaluate(0)
-    bar = tqdm(range(1, num_iterations + 1), disable=not progress, desc="ppo", leave=False)
+    bar = progress_bar(range(1, num_iterations + 1), disable=not progress, desc="ppo", unit="iterations")
     for iteration in bar:
         chosen = rng.sample(list(prompts), min(batch_size, len(prompts)))
         roll = rollout(policy, value_model, reward_model, tokenizer, chosen, seed=seed + iteration, **options)
