@@ -4,7 +4,6 @@ from ftlab.measure import count_parameters, memory_report, time_step
 from ftlab.train import evaluate, fit
 
 __version__ = "0.1.0"
-from ftlab.methods import apply
-from ftlab.methods._inject import (add_adapter, delete_adapter, disable_adapters, merge, merge_and_unload,
-                                   set_adapter, unmerge)
+from ftlab.methods import add_adapter, apply
+from ftlab.methods.base import delete_adapter, disable_adapters, merge, merge_and_unload, set_adapter, unmerge
 from ftlab.peft_io import export_peft, import_peft

@@ -63,9 +63,16 @@ def check_probability(name: str, value) -> float:
     return value
 
 
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is True or False (not 1, 0 or "yes")."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
 def check_choice(name: str, value, choices) -> object:
-    """``value`` if it is one of ``choices``; otherwise a ValueError that lists them."""
-    if value not in choices:
+    """``value`` if it is one of ``choices`` (True is not taken for 1); otherwise a ValueError that lists them."""
+    if not any(value == choice and type(value) is type(choice) for choice in choices):
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
     return value
 

@@ -220,11 +220,10 @@ def test_loha_and_lokr_on_conv1d_are_refused_since_peft_cannot_load_them(tiny_gp
 
 @pytest.mark.parametrize("make, message", [
     (lambda m: ftlab.apply(m, "bitfit"), "outside ftlab's adapter layers .* BitFit"),
-    (lambda m: ftlab.apply(ftlab.apply(m, "lora", targets=["c_attn"]), "bitfit"), "outside ftlab's adapter layers"),
     (lambda m: ftlab.apply(m, "adapter"), "peft cannot load adapter 'default', made by ftlab's method 'adapter'"),
     (lambda m: ftlab.apply(m, "prefix", num_virtual_tokens=4), "outside ftlab's adapter layers .* prefix"),
     (lambda m: m.requires_grad_(False), r"no adapter called 'default' \(its adapters: \[\]\)"),
-], ids=["bitfit", "lora-plus-bitfit", "bottleneck-adapter", "prefix", "no-adapter"])
+], ids=["bitfit", "bottleneck-adapter", "prefix", "no-adapter"])
 def test_export_of_what_peft_cannot_load_raises_and_writes_nothing(tiny_gpt2, tmp_path, make, message):
     model = make(copy.deepcopy(tiny_gpt2))
     with pytest.raises(ValueError, match=message):
@@ -284,15 +283,17 @@ def test_import_errors_for_missing_damaged_and_pickled_files(tiny_gpt2, untouche
 
 @pytest.mark.parametrize("changes, message", [
     ({"peft_type": "PREFIX_TUNING"}, "cannot read peft's 'PREFIX_TUNING' adapters; supported peft types: LORA"),
-    ({"bias": "all"}, r"bias='all' is not supported by ftlab's lora \(only bias='none'\)"),
-    ({"layers_to_transform": [0]}, r"layers_to_transform=\[0\] is not supported"),
+    ({"exclude_modules": ["c_proj"]}, r"exclude_modules=\['c_proj'\] is not supported by ftlab's lora.*list the "
+                                      r"targets to keep explicitly"),
+    ({"target_parameters": ["c_attn.weight"]}, "target_parameters.*not supported.*name the module in targets"),
+    ({"layers_to_transform": [0]}, r"2 unexpected \(e.g. \['base_model.model.transformer.h.1.attn.c_attn.lora_A"),
     ({"use_qalora": True}, "use_qalora=True is not supported"),
     ({"init_lora_weights": "pissa"}, "changes the base weights when peft loads the adapter"),
     ({"target_modules": ["query"]}, "match no module of GPT2LMHeadModel; the adapter was made for another model"),
     ({"target_modules": ["c_attn", "c_fc"]}, r"does not fit this model and config: 4 tensors missing"),
     ({"r": 4}, r"wrong shape .*lora_A.weight: \(8, 64\) instead of \(4, 64\)"),
     ({"lora_dropout": 1.5}, "lora_dropout must be a probability"),
-], ids=["peft-type", "bias", "layers", "qalora", "pissa", "other-model", "missing-tensors", "shape", "dropout"])
+], ids=["peft-type", "exclude", "parameters", "layers", "qalora", "pissa", "other-model", "missing-tensors", "shape", "dropout"])
 def test_import_of_a_mismatching_or_unsupported_adapter_raises_and_leaves_the_model_untouched(
         tiny_gpt2, untouched, tmp_path, changes, message):
     write_peft_lora(tiny_gpt2, tmp_path)

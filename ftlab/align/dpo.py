@@ -29,7 +29,7 @@ from torch import nn
 from ftlab.align.sft import (IGNORE, as_reference, check_adapters, check_reference, frozen_copy, max_positions,
                              preference_loader, response_logprobs)
 from ftlab.config import pick, seed_everything
-from ftlab.methods._inject import tuned_layers
+from ftlab.methods.base import tuned_layers
 from ftlab.train import fit, to_device
 
 

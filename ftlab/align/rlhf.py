@@ -43,7 +43,7 @@ from ftlab.align.sft import (as_reference, check_adapters, check_reference, coll
                              generate, generate_ids, max_positions, token_logprobs)
 from ftlab.config import device as default_device
 from ftlab.config import pick, seed_everything
-from ftlab.methods._inject import tuned_layers
+from ftlab.methods.base import tuned_layers
 from ftlab.train import to_device
 
 

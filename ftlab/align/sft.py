@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
 from ftlab.config import pick, seed_everything
-from ftlab.methods._inject import disable_adapters, tuned_layers
+from ftlab.methods.base import disable_adapters, tuned_layers
 from ftlab.train import fit
 
 IGNORE = -100  # the label that cross-entropy skips: prompt and padding positions
