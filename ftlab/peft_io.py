@@ -219,11 +219,19 @@ def _check_exportable(model: nn.Module, adapter: str) -> tuple[MethodSpec, list,
         raise ValueError(f"peft cannot load adapter {adapter!r}, made by ftlab's {made_by}; export_peft writes "
                          f"only {supported()} adapters")
     for name, layer in adapted:
+        check_not_broken(spec, name, layer.base_layer)
         if not isinstance(layer.base_layer, spec.peft.layer_kinds):
             kinds = ", ".join(kind.__name__ for kind in spec.peft.layer_kinds)
             raise ValueError(f"peft's {spec.peft.peft_type} does not accept {type(layer.base_layer).__name__} layers "
                              f"such as {name!r} (only {kinds}), so it could not load this adapter")
     return spec, adapted, saved, biases
+
+
+def check_not_broken(spec: MethodSpec, name: str, module: nn.Module) -> None:
+    """Raise ValueError if peft computes ``spec``'s adapter on ``module`` (called ``name``) wrongly."""
+    for kind, why in spec.peft.broken.items():
+        if isinstance(module, kind):
+            raise ValueError(f"{name!r} is a {type(module).__name__}: {why}")
 
 
 def _shared_value(fmt: PeftFormat, option: str, values: dict[str, object]) -> tuple[object, dict]:
@@ -354,10 +362,8 @@ def _options(spec: MethodSpec, config: dict, adapted: list[str], flags: dict) ->
     fmt = spec.peft
     known = {*fmt.options, *fmt.patterns, *fmt.flags, *fmt.ignored, *METADATA, *SELECTION, fmt.init}
     for key, value in config.items():
-        if key == fmt.init and value not in fmt.init_values:
-            raise ValueError(f"{key}={value!r} changes the base weights when peft loads the adapter, which ftlab does "
-                             f"not do; supported: {list(fmt.init_values)}")
-        if key not in known and value not in (None, False, "", [], {}):
+        unknown = key not in known and value not in (None, False, "", [], {})
+        if unknown or key == fmt.init and not any(value == v and type(value) is type(v) for v in fmt.init_values):
             instead = f": {fmt.refused[key]}" if key in fmt.refused else ""
             raise ValueError(f"peft option {key}={value!r} is not supported by ftlab's {spec.name}, so this adapter "
                              f"cannot be reproduced{instead}")
@@ -433,6 +439,8 @@ def import_peft(model: nn.Module, folder: str | os.PathLike, adapter_name: str =
     names = [name for name, _ in candidate_modules(model)]
     if [name for name in names if matches(name, saved)] != saved:
         raise ValueError(f"the modules_to_save {saved} cannot be selected one by one in {type(model).__name__}")
+    for name in adapted:
+        check_not_broken(spec, name, model.get_submodule(name))
     options, patterns, overrides = _options(spec, config, adapted, flags)
     tensors = _read_tensors(folder)
     plan = plan_injection(model, spec.layer_classes(), options, targets="|".join(re.escape(n) for n in adapted),

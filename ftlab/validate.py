@@ -70,10 +70,12 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
-def check_choice(name: str, value, choices) -> object:
-    """``value`` if it is one of ``choices`` (True is not taken for 1); otherwise a ValueError that lists them."""
+def check_choice(name: str, value, choices, hint: str = "") -> object:
+    """``value`` if it is one of ``choices`` (True is not taken for 1); otherwise a ValueError that lists them,
+    followed by ``hint`` (say what the other values would need)."""
     if not any(value == choice and type(value) is type(choice) for choice in choices):
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}"
+                         + (f". {hint}" if hint else ""))
     return value
 
 

@@ -71,19 +71,19 @@ class PeftFormat:
     """How peft stores one ftlab method's adapters (``ftlab.peft_io`` reads it).
 
     ``options`` are peft config fields with the same meaning as the ftlab options of the same name;
-    ``fixed`` fields must have that value (they select the method, as ``use_dora``); ``patterns``
+    ``patterns``
     maps peft's per-layer pattern fields to the option they set (``rank_pattern`` -> ``r``);
     ``flags`` maps peft's lists of module names to per-layer bool options (IA3's
     ``feedforward_modules`` -> ``is_feedforward``); ``init`` only sets initial values, which loaded
     tensors replace (``init_values``: the values that leave the base weights alone). ``refused``
     names peft options ftlab does not reproduce, each with what ftlab offers instead; ``ignored``
     fields have no effect once the others are honoured. ``layer_kinds``: the layers peft accepts;
-    ``shapes``: tensors that peft stores in another shape, ``{(tensor name, layer kind): reshape}``.
+    ``shapes``: tensors that peft stores in another shape, ``{(tensor name, layer kind): reshape}``;
+    ``broken``: layer kinds peft accepts but computes wrongly, with why (no file is written or read for them).
     """
 
     peft_type: str
     options: tuple[str, ...] = ()
-    fixed: dict = field(default_factory=dict)
     patterns: dict[str, str] = field(default_factory=dict)
     flags: dict[str, str] = field(default_factory=dict)
     init: str | None = None
@@ -92,6 +92,7 @@ class PeftFormat:
     ignored: tuple[str, ...] = ()
     layer_kinds: tuple[type, ...] = (nn.Linear, Conv1D, nn.Conv2d)
     shapes: dict[tuple[str, type], Callable[[torch.Size, object], tuple]] = field(default_factory=dict)
+    broken: dict[type, str] = field(default_factory=dict)
 
     def peft_shape(self, tensor: str, base_layer: nn.Module, shape: torch.Size, options) -> tuple:
         """peft's shape of ftlab's tensor ``tensor`` (e.g. "lora_A") of ``shape`` on ``base_layer`` with ``options``."""

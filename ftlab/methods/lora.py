@@ -31,6 +31,11 @@ from ftlab.methods.base import (CONVS, MethodSpec, PeftFormat, TunedLayer, adapt
 from ftlab.validate import check_bool, check_choice, check_number, check_positive_int, check_probability
 
 
+INIT_HINT = ("ftlab initialises LoRA with True (B = 0), 'gaussian' or False; peft's initialisations that read or "
+             "change the base weights when peft loads the adapter (PiSSA, OLoRA, LoftQ, EVA, CorDA, MiCA, ...) are "
+             "not supported")
+
+
 @dataclass
 class LoraOptions:
     """One LoRA adapter's options, with peft's defaults (LoraConfig).
@@ -57,7 +62,7 @@ class LoraOptions:
         check_probability("lora_dropout", self.lora_dropout)
         for name in ("use_rslora", "lora_bias", "use_dora"):
             check_bool(name, getattr(self, name))
-        check_choice("init_lora_weights", self.init_lora_weights, (True, False, "gaussian"))
+        check_choice("init_lora_weights", self.init_lora_weights, (True, False, "gaussian"), hint=INIT_HINT)
         check_choice("bias", self.bias, ("none", "lora_only", "all"))
 
     @property
@@ -278,12 +283,14 @@ LORA_FORMAT = PeftFormat(
         "alora_invocation_tokens": "ftlab has no activated LoRA; use plain LoRA",
         "runtime_config": "ftlab has no runtime options",
         "megatron_config": "ftlab does not run under Megatron",
-        "init_lora_weights": "ftlab initialises LoRA with True (B = 0), 'gaussian' or False; initialisations that "
-                             "change the base weights (PiSSA, OLoRA, LoftQ, EVA, CorDA, MiCA, ...) are not supported",
+        "init_lora_weights": INIT_HINT,
     },
     ignored=("fan_in_fan_out", "qalora_group_size", "megatron_core", "loftq_config", "eva_config", "corda_config",
              "lora_ga_config", "ensure_weight_tying"),
     layer_kinds=(nn.Linear, Conv1D, *CONVS, nn.Embedding, nn.MultiheadAttention),
+    broken={nn.MultiheadAttention: "peft 0.21.2 adds the change of nn.MultiheadAttention's out_proj twice, in forward "
+                                   "and in merge (huggingface/peft#3774), so a peft file would not hold the model "
+                                   "ftlab computes; keep this adapter in ftlab (torch.save its state_dict)"},
     shapes={("lora_magnitude_vector", nn.Conv1d): lambda s, o: (1, s[0], 1),
             ("lora_magnitude_vector", nn.Conv2d): lambda s, o: (1, s[0], 1, 1),
             ("lora_magnitude_vector", nn.Conv3d): lambda s, o: (1, s[0], 1, 1, 1)},
