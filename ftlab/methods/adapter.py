@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ftlab.methods.base import MethodSpec, TunedLayer, inject, layer_features, model_family
+from ftlab.methods.base import MethodSpec, TunedLayer, check_one_method, inject, layer_features, model_family
 from ftlab.validate import check_choice, check_int
 
 VARIANTS = ("houlsby", "pfeiffer")
@@ -157,6 +157,7 @@ def apply(model: nn.Module, *, variant: str = "houlsby", reduction_factor: int =
     ``["classifier"]``): modules trained in full, as copies.
     """
     check_choice("variant", variant, VARIANTS)
+    check_one_method(model, "adapter")
     family = model_family(model)
     if targets is None:
         if (family, variant) not in ADAPTER_PLACES:

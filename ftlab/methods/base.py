@@ -257,15 +257,39 @@ class TunedLayer(nn.Module):
     def adapters(self) -> list[str]:
         return list(self.adapter_config)
 
+    def __getattr__(self, name: str):
+        # a wrapper answers for the attributes of the layer it wraps (in_features, kernel_size, batch_first, ...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
     @property
     def weight(self) -> torch.Tensor:
-        """The base layer's weight, for code that reads a layer's weight directly (nn.MultiheadAttention reads
-        ``out_proj.weight`` instead of calling it)."""
-        return self.base_layer.weight
+        """The weight this layer computes with: the base weight plus the active adapter's change.
+
+        For code that reads a layer's weight instead of calling it: nn.MultiheadAttention reads
+        ``out_proj.weight``, and nn.TransformerEncoderLayer's inference fast path reads every weight.
+        """
+        adapter = self.adapter_in_use()
+        if adapter is None:
+            return self.base_layer.weight
+        if not self.mergeable:  # not an AttributeError, which would fall back to the base layer's weight
+            raise TypeError(f"{type(self).__name__}'s adapter is not a change of the weight, so code that reads the "
+                            f"weight instead of calling the layer cannot use it; for nn.Transformer layers turn their "
+                            f"fast path off: torch.backends.mha.set_fastpath_enabled(False)")
+        return self.base_layer.weight + self.delta_weight(adapter)
 
     @property
     def bias(self) -> torch.Tensor | None:
-        """The base layer's bias (see ``weight``)."""
+        """The bias this layer computes with (see ``weight``): the base bias, changed by the methods that change it."""
+        adapter = self.adapter_in_use()
+        return self.base_layer.bias if adapter is None else self.effective_bias(adapter)
+
+    def effective_bias(self, adapter: str) -> torch.Tensor | None:
+        """The bias with ``adapter`` active (LoRA's lora_bias and IA3's output scaling change it)."""
         return self.base_layer.bias
 
     def add(self, adapter: str, options=None, **kwargs) -> None:
@@ -392,6 +416,16 @@ class TrainableCopy(TunedLayer):
         adapter = self.adapter_in_use()
         module = self.base_layer if adapter is None else self.modules_to_save[adapter]
         return module(*args, **kwargs)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        adapter = self.adapter_in_use()
+        return (self.base_layer if adapter is None else self.modules_to_save[adapter]).weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        adapter = self.adapter_in_use()
+        return (self.base_layer if adapter is None else self.modules_to_save[adapter]).bias
 
     def unload(self) -> nn.Module:
         return self.modules_to_save[self.active] if self.active in self.adapter_config else self.base_layer

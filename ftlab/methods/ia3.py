@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ftlab.methods.base import (CONVS, RESNET_STAGE_CONVS, MethodSpec, PeftFormat, TunedLayer, default_targets,
+from ftlab.methods.base import (CONVS, RESNET_STAGE_CONVS, MethodSpec, PeftFormat, TunedLayer, check_one_method,
+                                default_targets,
                                 find_targets, inject, layer_features, matches, model_family, per_output, per_row,
                                 weight_out_in)
 from ftlab.validate import check_bool
@@ -113,6 +114,13 @@ class IA3Layer(TunedLayer):
         weight = weight_out_in(self.base_layer)
         return weight_out_in(self.base_layer, weight * (self.weight_scale(adapter) - 1))
 
+    def effective_bias(self, adapter: str) -> torch.Tensor | None:
+        """l * b when l scales the output, else b."""
+        bias = self.base_layer.bias
+        if bias is None or self.adapter_config[adapter].is_feedforward:
+            return bias
+        return bias * self.ia3_l[adapter]
+
     def merge_adapter(self, adapter: str) -> None:
         base = self.base_layer
         l = self.ia3_l[adapter]
@@ -149,6 +157,7 @@ def apply(model: nn.Module, *, targets: list[str] | str | None = None,
     in ``lora.apply``.
     """
     options = IA3Options(init_ia3_weights=init_ia3_weights)
+    check_one_method(model, "ia3")
     if targets is None:
         targets = default_targets(model, IA3_TARGETS, "ia3")[0]
     names = find_targets(model, targets, layers_to_transform=layers_to_transform, layers_pattern=layers_pattern)

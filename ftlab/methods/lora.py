@@ -159,6 +159,13 @@ class LoraLayer(TunedLayer):
         if self.adapter_config[adapter].bias != "none" and getattr(self.base_layer, "bias", None) is not None:
             yield self.base_layer.bias
 
+    def effective_bias(self, adapter: str) -> torch.Tensor | None:
+        """b + scaling * B's bias with lora_bias, else b."""
+        options = self.adapter_config[adapter]
+        if not options.lora_bias:
+            return self.base_layer.bias
+        return self.base_layer.bias + options.scaling * self.lora_B[adapter].bias
+
     def merge_adapter(self, adapter: str) -> None:
         self.base_layer.weight += self.delta_weight(adapter)
         if self.adapter_config[adapter].lora_bias:

@@ -2,8 +2,9 @@
 
 nn.MultiheadAttention keeps its query, key and value projections stacked in one parameter,
 ``in_proj_weight`` (3 E, E), and reads its output projection's weight ``out_proj.weight`` (E, E)
-without calling ``out_proj``. So LoRA cannot hook a forward there; instead forward runs the attention
-with the changed weights in place of its own (``torch.func.functional_call``):
+without calling ``out_proj``. So LoRA cannot hook a forward there; instead the wrappers give the
+changed weights where the attention reads them (``out_proj``'s wrapper as its ``weight``, this one as
+``in_proj_weight``, run with ``torch.func.functional_call``):
 
     in_proj_weight' = in_proj_weight + scaling * B A,        A: (r, E),  B: (3 E, r)
     out_proj.weight' = out_proj.weight + scaling * B_o A_o,  A_o: (r, E), B_o: (E, r)
@@ -51,16 +52,21 @@ class LoraMultiheadAttention(LoraLayer):
         self.lora_dropout[adapter] = nn.Identity()
         attention.out_proj.add(adapter, options)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs):
-        """The attention with in_proj_weight + scaling * B A and out_proj.weight + scaling * B_o A_o."""
-        attention = self.base_layer
+    @property
+    def in_proj_weight(self) -> torch.Tensor:
+        """in_proj_weight + scaling * B A while the adapter is in use: (3 E, E)."""
         adapter = self.adapter_in_use()
-        if adapter is None:
+        weight = self.base_layer.in_proj_weight
+        return weight if adapter is None else weight + self.low_rank_delta(adapter)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs):
+        """The attention with in_proj_weight + scaling * B A (and out_proj's wrapper giving its changed weight)."""
+        attention = self.base_layer
+        if self.adapter_in_use() is None:
             return attention(query, key, value, **kwargs)
-        out_proj = attention.out_proj
-        weights = {"in_proj_weight": attention.in_proj_weight + self.low_rank_delta(adapter),  # (3E, E)
-                   "out_proj.base_layer.weight": out_proj.base_layer.weight + out_proj.delta_weight(adapter)}
-        return torch.func.functional_call(attention, weights, (query, key, value), kwargs)
+        # the attention reads out_proj.weight, which the out_proj wrapper gives with its change
+        return torch.func.functional_call(attention, {"in_proj_weight": self.in_proj_weight}, (query, key, value),
+                                          kwargs)
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
         """The change of in_proj_weight, (3 E, E) (out_proj's wrapper has its own)."""
