@@ -134,9 +134,9 @@ class AdapterLayer(TunedLayer):
         like = next(self.base_layer.parameters())
         self.bottleneck[adapter] = BottleneckMLP(width, options.reduction_factor, options.non_linearity, conv).to(like)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs):
+    def forward(self, *args, **kwargs):
         """h = sublayer(x); adapter(h) = h + W_up f(W_down h + b_down) + b_up."""
-        out = self.base_layer(x, *args, **kwargs)
+        out = self.base_layer(*args, **kwargs)  # Llama's attention is called with keywords only
         adapter = self.adapter_in_use()
         if adapter is None:
             return out
