@@ -13,10 +13,17 @@ A peft adapter is a folder with two files, the ones ``PeftModel.save_pretrained`
       bert...query.lora_magnitude_vector.default       base_model.model.bert...query.lora_magnitude_vector
       classifier.modules_to_save.default.weight        base_model.model.classifier.weight
 
-ftlab's layers use peft's parameter names, so translating a key only drops (or puts back) the
-adapter-name segment. A few tensors have another shape in peft: DoRA's magnitude of a conv is
-``(1, out, 1, 1)`` there and IA3's vector ``(out, 1)``, ``(1, in)`` or ``(1, C, 1, 1)``, where
-ftlab keeps plain vectors; ``PeftFormat.shapes`` lists them.
+ftlab's layers use peft's parameter names and module layout (LoRA on nn.MultiheadAttention keeps
+out_proj's adapter in a wrapper at ``<attention>.base_layer.out_proj``, as peft), so translating a key
+only drops (or puts back) the adapter-name segment. A few tensors have another shape in peft: DoRA's
+magnitude of a conv is ``(1, out, 1, 1)`` there, IA3's vector ``(out, 1)``, ``(1, in)`` or
+``(1, C, 1, 1)`` and an nn.Conv1d's LoHa/LoKr Tucker core ``(r, r, k, 1)``, where ftlab keeps plain
+vectors and ``(r, r, k)``; ``PeftFormat.shapes`` lists them.
+
+Which method writes which ``peft_type`` is each method's ``SPEC.peft`` (``ftlab.methods.registry()``);
+peft options ftlab does not reproduce are refused with what ftlab offers instead, by ``import_peft``
+as by ``ftlab.apply``. LoRA's ``bias="lora_only"``/``"all"`` trains base biases, which the file carries
+under their own names, as peft's does.
 
 Which modules an adapter covers is written as peft's ``target_modules`` (and
 ``modules_to_save``, IA3's ``feedforward_modules``); ``peft_selection`` applies peft's matching
@@ -45,9 +52,22 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ftlab.methods import method_spec, registry
-from ftlab.methods.base import (ALL_LINEAR, MethodSpec, Plan, PeftFormat, TrainableCopy, TunedLayer, adapter_names,
-                                candidate_modules, carry_out, layer_index, matches, output_head_names,
-                                plan_injection, tuned_layers)
+from ftlab.methods.base import (
+    ALL_LINEAR,
+    MethodSpec,
+    PeftFormat,
+    Plan,
+    TrainableCopy,
+    TunedLayer,
+    adapter_names,
+    candidate_modules,
+    carry_out,
+    layer_index,
+    matches,
+    output_head_names,
+    plan_injection,
+    tuned_layers,
+)
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

@@ -90,9 +90,9 @@ def test_disable_adapters_on_prefix_and_prompt_tuned_minilm_gives_the_base_outpu
 
 def test_disable_adapters_refuses_when_the_adapter_trains_the_base_biases(tiny_gpt2):
     model = ftlab.apply(tiny_gpt2, "lora", targets=["c_attn"], bias="lora_only")
-    with pytest.raises(ValueError, match="trains the base model's own biases.*bias='none'"):
-        with ftlab.disable_adapters(model):
-            pass
+    with pytest.raises(ValueError, match="trains the base model's own biases.*bias='none'"), \
+            ftlab.disable_adapters(model):
+        pass
 
 
 # ---------------------------------------------------------------- degenerate options: errors before any change
@@ -138,7 +138,7 @@ def test_an_unknown_method_names_the_close_one(tiny_gpt2, untouched):
 
 
 def test_a_contradicting_fan_in_fan_out_only_warns_as_in_peft(tiny_gpt2):
-    with pytest.warns(UserWarning, match=r"fan_in_fan_out=False but 'transformer.h.0.attn.c_attn' stores .*\(in, out\)"):
+    with pytest.warns(UserWarning, match=r"fan_in_fan_out=False but 'transformer.h.0.attn.c_attn' stores .*\(in, "):
         ftlab.apply(tiny_gpt2, "lora", targets=["c_attn"], fan_in_fan_out=False)
 
 

@@ -11,8 +11,15 @@ from transformers.pytorch_utils import Conv1D
 
 import ftlab
 from ftlab.methods import base, lora
-from ftlab.methods.base import (RESNET_STAGE_CONVS, TunedLayer, active_adapter, adapter_names, find_targets,
-                               layer_features, tuned_layers)
+from ftlab.methods.base import (
+    RESNET_STAGE_CONVS,
+    TunedLayer,
+    active_adapter,
+    adapter_names,
+    find_targets,
+    layer_features,
+    tuned_layers,
+)
 
 from builders import minilm_classifier as minilm
 from builders import resnet18

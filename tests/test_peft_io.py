@@ -293,7 +293,8 @@ def test_import_errors_for_missing_damaged_and_pickled_files(tiny_gpt2, untouche
     ({"target_modules": ["c_attn", "c_fc"]}, r"does not fit this model and config: 4 tensors missing"),
     ({"r": 4}, r"wrong shape .*lora_A.weight: \(8, 64\) instead of \(4, 64\)"),
     ({"lora_dropout": 1.5}, "lora_dropout must be a probability"),
-], ids=["peft-type", "exclude", "parameters", "layers", "qalora", "pissa", "other-model", "missing-tensors", "shape", "dropout"])
+], ids=["peft-type", "exclude", "parameters", "layers", "qalora", "pissa", "other-model", "missing-tensors", "shape",
+        "dropout"])
 def test_import_of_a_mismatching_or_unsupported_adapter_raises_and_leaves_the_model_untouched(
         tiny_gpt2, untouched, tmp_path, changes, message):
     write_peft_lora(tiny_gpt2, tmp_path)

@@ -18,12 +18,21 @@ what ftlab offers instead, from ``apply`` and (on peft's own file of that row) `
 does any row where ftlab and peft differ.
 """
 import copy
-import warnings
 
 import pytest
 import torch
-from peft import (BdLoraConfig, IA3Config, KasaConfig, LoHaConfig, LoKrConfig, LoraConfig, MontecloraConfig,
-                  PeftModel, VeloraConfig, get_peft_model)
+from peft import (
+    BdLoraConfig,
+    IA3Config,
+    KasaConfig,
+    LoHaConfig,
+    LoKrConfig,
+    LoraConfig,
+    MontecloraConfig,
+    PeftModel,
+    VeloraConfig,
+    get_peft_model,
+)
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -130,8 +139,9 @@ def rows(config, model_id, *cases):
     return [(name, model_id, config, options) for name, options in cases]
 
 
-MLP_BASICS = [("1", {"target_modules": "lin0"}), ("2", {"target_modules": ["lin0"]}), ("3", {"target_modules": ["lin1"]}),
-              ("4", {"target_modules": ["lin0", "lin1"]}), ("5", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]})]
+MLP_BASICS = [("1", {"target_modules": "lin0"}), ("2", {"target_modules": ["lin0"]}),
+              ("3", {"target_modules": ["lin1"]}), ("4", {"target_modules": ["lin0", "lin1"]}),
+              ("5", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]})]
 
 TEST_CASES = [
     *rows(LoraConfig, "MLP", *[(f"Vanilla MLP {n} LoRA", o) for n, o in MLP_BASICS],
@@ -144,7 +154,8 @@ TEST_CASES = [
           ("Vanilla MLP 10 LoRA with VeLoRA random",
            {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="random")}),
           ("Vanilla MLP 11 LoRA with VeLoRA batch_average",
-           {"target_modules": ["lin0", "lin1"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average")}),
+           {"target_modules": ["lin0", "lin1"],
+            "velora_config": VeloraConfig(num_groups=2, init_type="batch_average")}),
           ("Vanilla MLP 12 LoRA with VeLoRA batch_average_once",
            {"target_modules": ["lin0"], "velora_config": VeloraConfig(num_groups=2, init_type="batch_average_once")})),
     *rows(LoraConfig, "EmbConv1D",
@@ -164,7 +175,8 @@ TEST_CASES = [
           ("Conv2d 2 LoRA with DoRA", {"target_modules": ["conv2d", "lin0"], "use_dora": True})),
     *rows(LoraConfig, "Conv2dGroups", ("Conv2d Groups LoRA", {"target_modules": ["conv2d"]})),
     *rows(LoraConfig, "Conv2dGroups2", ("Conv2d Groups2 LoRA", {"target_modules": ["conv2d"]})),
-    *rows(LoraConfig, "Conv2dGroups", ("Conv2d Groups LoRA with DoRA", {"target_modules": ["conv2d"], "use_dora": True})),
+    *rows(LoraConfig, "Conv2dGroups",
+          ("Conv2d Groups LoRA with DoRA", {"target_modules": ["conv2d"], "use_dora": True})),
     *rows(LoraConfig, "Conv2dGroups2",
           ("Conv2d Groups2 LoRA with DoRA", {"target_modules": ["conv2d"], "use_dora": True})),
     *rows(LoraConfig, "Conv3d", ("Conv3d 1 LoRA", {"target_modules": ["conv3d"]}),

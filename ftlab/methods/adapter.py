@@ -127,7 +127,8 @@ class AdapterLayer(TunedLayer):
         width, _ = output_width(base_layer)
         if options.reduction_factor > width:
             raise ValueError(f"reduction_factor must be an int from 1 to {width} for {name!r} (width {width}, "
-                             f"bottleneck width // reduction_factor must be at least 1), got {options.reduction_factor}")
+                             f"bottleneck width // reduction_factor must be at least 1), "
+                             f"got {options.reduction_factor}")
 
     def build(self, adapter: str, options: AdapterOptions) -> None:
         width, conv = output_width(self.base_layer)

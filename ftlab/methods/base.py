@@ -257,15 +257,6 @@ class TunedLayer(nn.Module):
     def adapters(self) -> list[str]:
         return list(self.adapter_config)
 
-    def __getattr__(self, name: str):
-        # a wrapper answers for the attributes of the layer it wraps (in_features, kernel_size, batch_first, ...)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
-
     @property
     def weight(self) -> torch.Tensor:
         """The weight this layer computes with: the base weight plus the active adapter's change.
@@ -310,7 +301,8 @@ class TunedLayer(nn.Module):
             self.active = adapter
 
     def adapter_in_use(self) -> str | None:
-        """The adapter forward must add, or None: when disabled, when merged (the base weight holds it) or without one."""
+        """The adapter forward must add, or None: when disabled, when merged (the base weight holds it), or
+        without an active adapter."""
         if self.disabled or self.merged is not None or self.active not in self.adapter_config:
             return None
         return self.active
@@ -521,7 +513,8 @@ def is_mha_out_proj(model: nn.Module, name: str) -> bool:
 
 
 def _all_linear(model: nn.Module, candidates: list[tuple[str, nn.Module]], what: str) -> list[str]:
-    """Every nn.Linear / Conv1D / nn.MultiheadAttention outside the output head (an attention's out_proj goes with it)."""
+    """Every nn.Linear / Conv1D / nn.MultiheadAttention outside the output head (an attention's out_proj goes
+    with the attention)."""
     heads = output_head_names(model)
     kinds = (nn.Linear, Conv1D, nn.MultiheadAttention)
     names = [name for name, module in candidates if name not in heads and not is_mha_out_proj(model, name) and (

@@ -41,7 +41,8 @@ class DoraOptions(LoraOptions):
 
 
 class DoraLayer(LoraLayer):
-    """A LoRA layer (nn.Linear, Conv1D, ungrouped convolution) with a magnitude ``lora_magnitude_vector[name]`` (out,)."""
+    """A LoRA layer (nn.Linear, Conv1D, ungrouped convolution) with a magnitude ``lora_magnitude_vector[name]``
+    (out,)."""
 
     options_class = DoraOptions
 
@@ -118,7 +119,7 @@ class DoraLayer(LoraLayer):
 
 
 class DoraEmbedding(DoraLayer, LoraEmbedding):
-    """DoRA on nn.Embedding: the magnitude (dim,) scales each embedding dimension (a column norm over the vocabulary)."""
+    """DoRA on nn.Embedding: the magnitude (dim,) scales each embedding dimension (a norm over the vocabulary)."""
 
     kinds = (nn.Embedding,)
 

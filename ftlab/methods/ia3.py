@@ -29,10 +29,23 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ftlab.methods.base import (CONVS, RESNET_STAGE_CONVS, MethodSpec, PeftFormat, TunedLayer, check_one_method,
-                                default_targets,
-                                find_targets, inject, layer_features, matches, model_family, per_output, per_row,
-                                weight_out_in)
+from ftlab.methods.base import (
+    CONVS,
+    RESNET_STAGE_CONVS,
+    MethodSpec,
+    PeftFormat,
+    TunedLayer,
+    check_one_method,
+    default_targets,
+    find_targets,
+    inject,
+    layer_features,
+    matches,
+    model_family,
+    per_output,
+    per_row,
+    weight_out_in,
+)
 from ftlab.validate import check_bool
 
 # family -> (targets, feedforward_modules), as peft's IA3 mappings
@@ -95,7 +108,7 @@ class IA3Layer(TunedLayer):
 
     def weight_scale(self, adapter: str) -> torch.Tensor:
         """l shaped to scale the out-first weight: rows (out, 1, ...), or for an input vector the columns each
-        output reads, (1, in, ...) (for a grouped convolution (out, in / groups, 1, ...): each group its own channels)."""
+        output reads, (1, in, ...) (a grouped convolution: (out, in / groups, 1, ...), each group its channels)."""
         l, base = self.ia3_l[adapter], self.base_layer
         weight = weight_out_in(base)
         if not self.adapter_config[adapter].is_feedforward:

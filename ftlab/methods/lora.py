@@ -26,10 +26,21 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ftlab.methods.base import (CONVS, MethodSpec, PeftFormat, TunedLayer, adapter_names, carry_out, check_unmerged,
-                                layer_features, plan_injection, tuned_layers, warn_rank, weight_out_in)
+from ftlab.methods.base import (
+    CONVS,
+    MethodSpec,
+    PeftFormat,
+    TunedLayer,
+    adapter_names,
+    carry_out,
+    check_unmerged,
+    layer_features,
+    plan_injection,
+    tuned_layers,
+    warn_rank,
+    weight_out_in,
+)
 from ftlab.validate import check_bool, check_choice, check_number, check_positive_int, check_probability
-
 
 INIT_HINT = ("ftlab initialises LoRA with True (B = 0), 'gaussian' or False; peft's initialisations that read or "
              "change the base weights when peft loads the adapter (PiSSA, OLoRA, LoftQ, EVA, CorDA, MiCA, ...) are "
@@ -149,7 +160,7 @@ class LoraLayer(TunedLayer):
                             f"refuses too); keep it unmerged, or use LoHa / LoKr, whose change is grouped")
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
-        """scaling * B A in the base weight's own layout: Linear (out, in), Conv1D (in, out), conv (out, in, *kernel)."""
+        """scaling * B A in the base weight's own layout: Linear (out, in), Conv1D (in, out), conv (out, in, *k)."""
         self.check_mergeable()
         return weight_out_in(self.base_layer, self.low_rank_delta(adapter))
 

@@ -21,8 +21,9 @@ from ftlab.methods.lora import LoraLayer, LoraOptions
 
 
 class LoraEmbedding(LoraLayer):
-    """A frozen nn.Embedding plus LoRA adapters ``lora_embedding_A[name]`` (r, num_embeddings), ``lora_embedding_B[name]``
-    (dim, r). Forward, merging and DoRA are LoRA's (lora.py, dora.py); only the low-rank term differs."""
+    """A frozen nn.Embedding plus LoRA adapters ``lora_embedding_A[name]`` (r, num_embeddings) and
+    ``lora_embedding_B[name]`` (dim, r). Forward, merging and DoRA are LoRA's (lora.py, dora.py); only the
+    low-rank term differs."""
 
     kinds = (nn.Embedding,)
 
@@ -52,7 +53,8 @@ class LoraEmbedding(LoraLayer):
     def low_rank(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
         """scaling * B A[:, x]: look x up in A (r, num_embeddings), then map r -> dim. (..., dim)."""
         A, B = self.lora_embedding_A[adapter], self.lora_embedding_B[adapter]
-        return apply_weight(self.base_layer, x, A) @ B.T * self.adapter_config[adapter].scaling  # (..., r) -> (..., dim)
+        looked_up = apply_weight(self.base_layer, x, A)  # (..., r)
+        return looked_up @ B.T * self.adapter_config[adapter].scaling  # (..., dim)
 
     def low_rank_delta(self, adapter: str) -> torch.Tensor:
         """scaling * B A, output first: (dim, num_embeddings)."""

@@ -52,6 +52,16 @@ class LoraMultiheadAttention(LoraLayer):
         self.lora_dropout[adapter] = nn.Identity()
         attention.out_proj.add(adapter, options)
 
+    def __getattr__(self, name: str):
+        # nn.TransformerEncoderLayer reads its attention's settings (batch_first, num_heads, in_proj_bias, out_proj):
+        # this wrapper answers for the attention it wraps
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
     @property
     def in_proj_weight(self) -> torch.Tensor:
         """in_proj_weight + scaling * B A while the adapter is in use: (3 E, E)."""

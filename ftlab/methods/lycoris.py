@@ -131,5 +131,5 @@ class LycorisLayer(TunedLayer):
         return result + apply_weight(self.base_layer, x, delta)
 
     def delta_weight(self, adapter: str) -> torch.Tensor:
-        """delta W in the base weight's own layout: Linear (out, in), Conv1D (in, out), conv (out, in / groups, *kernel)."""
+        """delta W in the base weight's own layout: Linear (out, in), Conv1D (in, out), conv (out, in / groups, *k)."""
         return weight_out_in(self.base_layer, self.delta(adapter))

@@ -23,8 +23,16 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ftlab.methods.base import (MethodSpec, Plan, WholeModelAdapter, carry_out, check_one_method, find_targets, freeze,
-                                model_family)
+from ftlab.methods.base import (
+    MethodSpec,
+    Plan,
+    WholeModelAdapter,
+    carry_out,
+    check_one_method,
+    find_targets,
+    freeze,
+    model_family,
+)
 from ftlab.validate import check_int
 
 FAMILIES = ("bert", "gpt2")

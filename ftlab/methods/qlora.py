@@ -31,8 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ftlab.methods.base import (ALL_LINEAR, MethodSpec, TunedLayer, carry_out, find_targets, plan_injection,
-                                replace_module, weight_out_in)
+from ftlab.methods.base import (
+    ALL_LINEAR,
+    MethodSpec,
+    TunedLayer,
+    carry_out,
+    find_targets,
+    plan_injection,
+    replace_module,
+    weight_out_in,
+)
 from ftlab.methods.dora import DoraLayer
 from ftlab.methods.lora import LoraLayer, LoraOptions
 from ftlab.methods.nf4 import QUANT_TYPES, QuantizedTensor, check_block_size, dequantize, quantize
@@ -52,7 +60,7 @@ class _DequantizedLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, layer: "QuantizedLayer") -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, layer: QuantizedLayer) -> torch.Tensor:
         ctx.layer = layer
         return F.linear(x, weight_out_in(layer, layer.dequantize_weight(x.dtype)), bias)  # (..., out)
 
