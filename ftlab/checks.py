@@ -402,7 +402,7 @@ def check_adapter_forward(fn: Callable) -> bool:
     """Exercise (notebook 03): ``fn(h, W_down, b_down, W_up, b_up)`` returns a bottleneck adapter's output
     h + W_up relu(W_down h + b_down) + b_up, for a batch h: (n, d); W_down: (b, d), b_down: (b,), W_up: (d, b),
     b_up: (d,). Compared with ``ftlab.methods.adapter.Bottleneck`` (ReLU) with a non-zero up projection."""
-    from ftlab.methods.adapter import Bottleneck
+    from ftlab.methods.adapter import BottleneckMLP as Bottleneck
 
     name = "bottleneck adapter forward pass"
     torch.manual_seed(0)
