@@ -313,3 +313,54 @@ def test_import_into_a_model_that_already_has_the_adapter_name_leaves_it_untouch
     with pytest.raises(ValueError, match="adapter 'default' already exists"):
         ftlab.import_peft(model, tmp_path)
     check()
+
+
+# ---------------------------------------------------------------- apply takes what import_peft takes
+
+def test_apply_takes_every_option_that_import_peft_reads():
+    import inspect
+
+    from ftlab.methods import registry
+
+    renamed = {"target_modules": "targets"}
+    for spec in registry().values():
+        if spec.peft is None or spec.implied:
+            continue
+        fmt = spec.peft
+        read = {*fmt.options, *fmt.patterns, *fmt.flags, fmt.init, *peft_io.SELECTION} - {None}
+        parameters = inspect.signature(spec.apply).parameters
+        assert {renamed.get(key, key) for key in read} <= set(parameters), spec.name
+
+
+@pytest.mark.parametrize("options, peft_options", [
+    ({"rank_pattern": {"c_fc": 2}, "alpha_pattern": {"h.1.attn.c_attn": 3}},
+     {"rank_pattern": {"c_fc": 2}, "alpha_pattern": {"h.1.attn.c_attn": 3}}),
+    ({"layers_to_transform": [1]}, {"layers_to_transform": [1]}),
+    ({"layers_to_transform": 0, "layers_pattern": "h"}, {"layers_to_transform": 0, "layers_pattern": "h"}),
+    ({"bias": "lora_only"}, {"bias": "lora_only"}),
+    ({"bias": "all"}, {"bias": "all"}),
+    ({"init_lora_weights": "gaussian"}, {"init_lora_weights": "gaussian"}),
+    ({"lora_bias": True, "lora_alpha": 16}, {"lora_bias": True, "lora_alpha": 16}),
+], ids=["patterns", "layers", "layers-pattern", "bias-lora-only", "bias-all", "gaussian", "lora-bias"])
+def test_peft_options_given_to_apply_make_peft_s_model_and_go_back_and_forth(tiny_gpt2, tmp_path, options,
+                                                                              peft_options):
+    base_model = tiny_gpt2.double()
+    targets = ["c_attn", "c_fc"]
+    ours = ftlab.apply(copy.deepcopy(base_model), "lora", targets=targets, **options)
+    ref = get_peft_model(copy.deepcopy(base_model), LoraConfig(target_modules=targets, fan_in_fan_out=True,
+                                                               **peft_options))
+    assert ftlab.count_parameters(ours)["trainable"] == ref.get_nb_trainable_parameters()[0]  # the same selection
+    perturb_trainable(ours)
+    ftlab.export_peft(ours, tmp_path)
+    loaded = load_in_peft(base_model, tmp_path)
+    back = ftlab.import_peft(copy.deepcopy(base_model), tmp_path)
+    x = torch.randint(0, 500, (2, 9))
+    with torch.no_grad():
+        expected = loaded(x).logits
+        assert max_diff(expected, base_model(x).logits) > 1e-4
+        assert max_diff(ours(x).logits, expected) < TOL
+        assert max_diff(back(x).logits, expected) < TOL
+    if options.get("init_lora_weights") == "gaussian":
+        fresh = ftlab.apply(copy.deepcopy(base_model), "lora", targets=["c_fc"], r=64, **options)
+        A = fresh.transformer.h[0].mlp.c_fc.lora_A["default"].weight
+        assert abs(A.std().item() - 1 / 64) < 2e-3  # N(0, 1/r^2), as peft's "gaussian"

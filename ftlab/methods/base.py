@@ -661,9 +661,16 @@ def active_adapter(model: nn.Module) -> str | None:
 def make_trainable(model: nn.Module) -> None:
     """Freeze everything, then let only what the active adapter trains have gradients."""
     freeze(model)
-    for _, layer in tuned_layers(model):
-        if layer.active in layer.adapter_config:
-            for p in layer.trainable_parameters(layer.active):
+    layers = [layer for _, layer in tuned_layers(model) if layer.active in layer.adapter_config]
+    for layer in layers:
+        for p in layer.trainable_parameters(layer.active):
+            p.requires_grad_(True)
+    if any(getattr(layer.adapter_config[layer.active], "bias", "none") == "all" for layer in layers):
+        # LoRA's bias="all" (peft's option) trains every bias of the model; saved modules train as copies
+        saved = [name for name, layer in tuned_layers(model) if isinstance(layer, TrainableCopy)]
+        for name, p in model.named_parameters():
+            if "bias" in name.rsplit(".", 1)[-1] and "lora_" not in name and not any(
+                    name.startswith(f"{module}.") for module in saved):
                 p.requires_grad_(True)
 
 

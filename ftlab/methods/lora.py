@@ -75,6 +75,8 @@ class LoraOptions:
             check_bool(name, getattr(self, name))
         check_choice("init_lora_weights", self.init_lora_weights, (True, False, "gaussian"), hint=INIT_HINT)
         check_choice("bias", self.bias, ("none", "lora_only", "all"))
+        if self.lora_bias and self.init_lora_weights == "gaussian":
+            raise ValueError("lora_bias=True goes with init_lora_weights=True or False, as in peft, not 'gaussian'")
 
     @property
     def scaling(self) -> float:
