@@ -261,7 +261,8 @@ def _shared_value(fmt: PeftFormat, option: str, values: dict[str, object]) -> tu
     (ftlab's rank_pattern and weighted sum of adapters make such ranks). A pattern key is the
     layer's full name, escaped: peft matches it as a regex against the end of the module name.
     """
-    common = collections.Counter(values.values()).most_common(1)[0][0]
+    counts = collections.Counter(json.dumps(value, sort_keys=True) for value in values.values())  # dicts too
+    common = json.loads(counts.most_common(1)[0][0])
     differ = {re.escape(name): value for name, value in values.items() if value != common}
     if differ and option not in fmt.patterns.values():
         found = sorted(set(map(str, values.values())))

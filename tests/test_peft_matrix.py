@@ -272,16 +272,10 @@ TEST_CASES = [
 REFUSED = {
     "Vanilla MLP 1 LoRA with KaSA": "kasa_config.*ftlab has no KaSA",
     "Vanilla MLP 1 LoRA with MiCA": "init_lora_weights.*MiCA",
-    "Vanilla MLP 10 LoRA with VeLoRA random": "velora_config.*plain LoRA",
-    "Vanilla MLP 11 LoRA with VeLoRA batch_average": "velora_config.*plain LoRA",
-    "Vanilla MLP 12 LoRA with VeLoRA batch_average_once": "velora_config.*plain LoRA",
     "Embedding + transformers Conv1D 1 LoRA trainable_tokens": "trainable_token_indices.*modules_to_save",
     "MLP 1 using nn.Parameter LoRA": "target_parameters.*name the module in targets",
     "MLP 2 using nn.Parameter LoRA": "target_parameters.*name the module in targets",
     "Vanilla MLP 1 LoRA with Monteclora": "monteclora_config.*plain LoRA",
-    "BD-LoRA A only": "use_bdlora.*plain LoRA",
-    "BD-LoRA B only": "use_bdlora.*plain LoRA",
-    "BD-LoRA both A and B": "use_bdlora.*plain LoRA",
     # peft's DoRA norm on a grouped conv reshapes a product that is not the layer's weight change
     "Conv2d Groups LoRA with DoRA": "grouped convolution.*use plain LoRA",
     "Conv2d Groups2 LoRA with DoRA": "grouped convolution.*use plain LoRA",

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ftlab.validate import check_int
+
 ALL_LINEAR = "all-linear"
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -593,11 +595,11 @@ def find_targets(model: nn.Module, targets: list[str] | str | None = None, *, wh
 
 def _in_layers(names: list[str], targets, layers_to_transform, layers_pattern, what: str) -> list[str]:
     """The ``names`` inside the blocks numbered ``layers_to_transform`` (peft's rule, see ``layer_index``)."""
-    wanted = [layers_to_transform] if isinstance(layers_to_transform, int) else layers_to_transform
-    if isinstance(wanted, bool) or not isinstance(wanted, (list, tuple)) or not wanted or not all(
-            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in wanted):
-        raise ValueError(f"layers_to_transform must be a block number or a non-empty list of them, "
-                         f"got {layers_to_transform!r}")
+    wanted = layers_to_transform if isinstance(layers_to_transform, (list, tuple)) else [layers_to_transform]
+    if not wanted:
+        raise ValueError("layers_to_transform=[] keeps no block; give block numbers, or None for every block")
+    for i in wanted:
+        check_int("layers_to_transform", i, minimum=0)
     if isinstance(targets, str) and targets.lower() != ALL_LINEAR:
         raise ValueError("layers_to_transform works with a list of targets (peft ignores it for a regex); "
                          "put the block numbers into the regex instead, or pass targets as a list")
@@ -719,8 +721,9 @@ def plan_injection(model: nn.Module, layer_classes: Sequence[type[TunedLayer]], 
     """Check an injection and say what it will do, changing nothing (``inject`` carries it out).
 
     Each target gets ``options``, with the fields in ``patterns`` (``{"r": rank_pattern}``) and in
-    ``overrides`` (``{name: {field: value}}``) replaced for the layers they name; every layer's
-    options are checked against it by its layer class.
+    ``overrides`` (``{name: {field: value}}``) replaced for the layers they name, then, if the options
+    class has one, ``options.for_layer(name)`` (options that follow from a layer's name, as
+    BD-LoRA's block-diagonal factor); every layer's options are checked against it by its layer class.
     """
     if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name:
         raise ValueError(f"adapter_name must be a non-empty string without '.', got {adapter_name!r}")
@@ -756,6 +759,12 @@ def plan_injection(model: nn.Module, layer_classes: Sequence[type[TunedLayer]], 
                 layer_options = dataclasses.replace(options, **changes)
             except (TypeError, ValueError) as error:
                 raise type(error)(f"{name!r}: {error}") from None
+        for_layer = getattr(layer_options, "for_layer", None)  # options that depend on the layer's name (BD-LoRA)
+        if for_layer is not None:
+            try:
+                layer_options = for_layer(name)
+            except ValueError as error:
+                raise ValueError(f"{name!r}: {error}") from None
         if isinstance(module, TunedLayer):  # another adapter on a wrapped layer: the same kind of wrapper only
             cls = type(module)
             if not (any(issubclass(cls, c) for c in layer_classes) and cls.accepts(base, layer_options)):

@@ -45,15 +45,12 @@ class DoraLayer(LoraLayer):
     (out,)."""
 
     options_class = DoraOptions
+    variant = "dora"
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
         self.lora_magnitude_vector = nn.ParameterDict()
         self.merged_norm: torch.Tensor | None = None  # ||V|| at merge time, to unmerge exactly
-
-    @classmethod
-    def accepts(cls, module: nn.Module, options: LoraOptions) -> bool:
-        return isinstance(module, cls.kinds) and options.use_dora
 
     @classmethod
     def check(cls, base_layer: nn.Module, name: str, options: LoraOptions) -> None:

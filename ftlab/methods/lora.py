@@ -11,13 +11,15 @@ base model. A layer trains r (in + out) parameters instead of in * out.
 This file adapts nn.Linear, GPT-2's Conv1D (weight stored (in, out): its change is transposed into
 that layout) and nn.Conv1d/2d/3d: A is a convolution with the base layer's kernel, stride, padding
 and dilation (in -> r channels), B a 1x1 convolution (r -> out), so B A is the change with the kernel
-flattened. Embeddings: lora_embedding.py; nn.MultiheadAttention: lora_mha.py; DoRA: dora.py.
+flattened. Embeddings: lora_embedding.py; nn.MultiheadAttention: lora_mha.py; the variants DoRA,
+VeLoRA and BD-LoRA: dora.py, velora.py, bdlora.py (one option each, ``LoraOptions``).
 
 Options (``LoraOptions``) and parameter names follow peft's LoraConfig, except that peft's
 ``target_modules`` is called ``targets`` (same rules, see ``base.find_targets``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -55,7 +57,11 @@ class LoraOptions:
     too: the model no longer starts equal to the base; for tests). ``lora_bias``: B has a bias
     (starting at 0), merged into the base bias. ``bias``: which base biases train as well ("none",
     "lora_only": the adapted layers', "all": every bias; they change the base model itself).
-    ``use_dora``: the layer is a DoRA layer (dora.py).
+    Variants, each in its own file, chosen by one option: ``use_dora`` (dora.py), ``velora_config``
+    (velora.py: {"num_groups", "scale", "init_type"}) and ``use_bdlora`` (bdlora.py:
+    {"target_modules_bd_a", "target_modules_bd_b", "nblocks", "match_strict"}); a dict, or peft's
+    config object. ``block_diagonal`` ("A", "B" or None) is not peft's: ``for_layer`` sets it per
+    layer from ``use_bdlora``.
     """
 
     r: int = 8
@@ -66,6 +72,9 @@ class LoraOptions:
     lora_bias: bool = False
     bias: str = "none"
     use_dora: bool = False
+    velora_config: dict | None = None
+    use_bdlora: dict | None = None
+    block_diagonal: str | None = None
 
     def __post_init__(self):
         check_positive_int("r", self.r)
@@ -75,13 +84,46 @@ class LoraOptions:
             check_bool(name, getattr(self, name))
         check_choice("init_lora_weights", self.init_lora_weights, (True, False, "gaussian"), hint=INIT_HINT)
         check_choice("bias", self.bias, ("none", "lora_only", "all"))
+        check_choice("block_diagonal", self.block_diagonal, (None, "A", "B"))
         if self.lora_bias and self.init_lora_weights == "gaussian":
             raise ValueError("lora_bias=True goes with init_lora_weights=True or False, as in peft, not 'gaussian'")
+        for name in ("velora_config", "use_bdlora"):
+            value = getattr(self, name)
+            if dataclasses.is_dataclass(value):  # peft's VeloraConfig / BdLoraConfig
+                setattr(self, name, dataclasses.asdict(value))
+            elif value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name} must be a dict of its options (or peft's config object), got {value!r}")
+        if sum((self.use_dora, self.velora_config is not None, self.use_bdlora is not None)) > 1:
+            raise ValueError("use_dora, velora_config and use_bdlora are LoRA variants: choose one of them")
 
     @property
     def scaling(self) -> float:
         """lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora."""
         return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    @property
+    def variant(self) -> str | None:
+        """The LoRA variant these options ask for: "dora", "velora", "bdlora" or None (plain LoRA)."""
+        if self.use_dora:
+            return "dora"
+        if self.velora_config is not None:
+            return "velora"
+        return "bdlora" if self.block_diagonal else None
+
+    def for_layer(self, name: str) -> LoraOptions:
+        """The options of the layer called ``name``: with ``use_bdlora``, which factor is block-diagonal, by peft's
+        rule (the name contains a fragment listed in target_modules_bd_a, or in target_modules_bd_b)."""
+        if self.use_bdlora is None:
+            return self
+        in_a, in_b = (any(f in name for f in self.use_bdlora.get(key) or [])
+                      for key in ("target_modules_bd_a", "target_modules_bd_b"))
+        if in_a and in_b:
+            raise ValueError(f"{name!r} matches both target_modules_bd_a and target_modules_bd_b of use_bdlora; "
+                             f"one factor per layer is block-diagonal")
+        if not (in_a or in_b) and self.use_bdlora.get("match_strict", True):
+            raise ValueError(f"{name!r} matches neither target_modules_bd_a nor target_modules_bd_b of use_bdlora; "
+                             f"list it, or set match_strict=False to give it plain LoRA")
+        return dataclasses.replace(self, block_diagonal="A" if in_a else "B" if in_b else None)
 
 
 class LoraLayer(TunedLayer):
@@ -95,6 +137,7 @@ class LoraLayer(TunedLayer):
     method = "lora"
     options_class = LoraOptions
     kinds = (nn.Linear, Conv1D, *CONVS)
+    variant = None  # LoraOptions.variant of the adapters this class takes (DoRA, VeLoRA and BD-LoRA subclass it)
 
     def __init__(self, base_layer: nn.Module):
         super().__init__(base_layer)
@@ -104,7 +147,7 @@ class LoraLayer(TunedLayer):
 
     @classmethod
     def accepts(cls, module: nn.Module, options: LoraOptions) -> bool:
-        return isinstance(module, cls.kinds) and not options.use_dora
+        return isinstance(module, cls.kinds) and options.variant == cls.variant
 
     @classmethod
     def check(cls, base_layer: nn.Module, name: str, options: LoraOptions) -> None:
@@ -190,14 +233,14 @@ class LoraLayer(TunedLayer):
             self.base_layer.bias -= self.adapter_config[adapter].scaling * self.lora_B[adapter].bias
 
 
-def init_low_rank(A: torch.Tensor, lora_B: nn.Module, options: LoraOptions) -> None:
+def init_low_rank(A: torch.Tensor, lora_B: nn.Module | None, options: LoraOptions) -> None:
     """Initialise A (r, ...) and B: A kaiming-uniform (N(0, 1/r^2) with "gaussian"), B zero unless init is False."""
     with torch.no_grad():
         if options.init_lora_weights == "gaussian":
             nn.init.normal_(A, std=1 / options.r)
         else:  # kaiming-uniform with a=sqrt(5): nn.Linear's own init, which loralib and peft use for A
             nn.init.kaiming_uniform_(A, a=math.sqrt(5))
-        if options.init_lora_weights is not False:
+        if lora_B is not None and options.init_lora_weights is not False:
             nn.init.zeros_(lora_B.weight)
             if lora_B.bias is not None:
                 nn.init.zeros_(lora_B.bias)
@@ -206,11 +249,13 @@ def init_low_rank(A: torch.Tensor, lora_B: nn.Module, options: LoraOptions) -> N
 def apply(model: nn.Module, *, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0,
           targets: list[str] | str | None = None, use_rslora: bool = False, use_dora: bool = False,
           init_lora_weights: bool | str = True, lora_bias: bool = False, bias: str = "none",
+          velora_config: dict | None = None, use_bdlora: dict | None = None,
           rank_pattern: dict | None = None, alpha_pattern: dict | None = None,
           layers_to_transform: list[int] | int | None = None, layers_pattern: list[str] | str | None = None,
           fan_in_fan_out: bool | None = None, modules_to_save: list[str] | None = None,
           adapter_name: str = "default") -> nn.Module:
-    """Add a LoRA (with ``use_dora=True`` a DoRA) adapter to ``model``'s target layers and freeze the rest.
+    """Add a LoRA adapter (a DoRA, VeLoRA or BD-LoRA one with ``use_dora``, ``velora_config`` or ``use_bdlora``,
+    see ``LoraOptions``) to ``model``'s target layers and freeze the rest.
 
     ``targets`` is peft's ``target_modules`` (None: the family default, e.g. BERT ["query",
     "value"], GPT-2 ["c_attn"], Llama ["q_proj", "v_proj"], ResNet every conv of layer1..layer4).
@@ -221,7 +266,8 @@ def apply(model: nn.Module, *, r: int = 8, lora_alpha: float = 8, lora_dropout: 
     it; a value that contradicts a target only warns, as in peft. Returns ``model``, changed in place.
     """
     options = LoraOptions(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora,
-                          init_lora_weights=init_lora_weights, lora_bias=lora_bias, bias=bias, use_dora=use_dora)
+                          init_lora_weights=init_lora_weights, lora_bias=lora_bias, bias=bias, use_dora=use_dora,
+                          velora_config=velora_config, use_bdlora=use_bdlora)
     if fan_in_fan_out is not None:
         check_bool("fan_in_fan_out", fan_in_fan_out)
     plan = plan_injection(model, SPEC.layer_classes(), options, targets=targets, adapter_name=adapter_name,
@@ -286,7 +332,8 @@ def add_weighted_adapter(model: nn.Module, adapters: list[str], weights: list[fl
 
 LORA_FORMAT = PeftFormat(
     peft_type="LORA",
-    options=("r", "lora_alpha", "lora_dropout", "use_rslora", "lora_bias", "bias", "use_dora"),
+    options=("r", "lora_alpha", "lora_dropout", "use_rslora", "lora_bias", "bias", "use_dora", "velora_config",
+             "use_bdlora"),
     patterns={"rank_pattern": "r", "alpha_pattern": "lora_alpha"},
     init="init_lora_weights", init_values=(True, False, "gaussian"),
     refused={
@@ -295,9 +342,7 @@ LORA_FORMAT = PeftFormat(
         "exclude_modules": "list the targets to keep explicitly, or use a regex that leaves the others out",
         "layer_replication": "ftlab does not copy layers; adapt the model as it is",
         "use_qalora": "use ftlab's 'qlora' method (4-bit NF4 weights with a float LoRA)",
-        "use_bdlora": "ftlab has no block-diagonal LoRA; use plain LoRA",
         "kasa_config": "ftlab has no KaSA; use plain LoRA, or DoRA for a learned magnitude",
-        "velora_config": "ftlab has no VeLoRA gradient compression; plain LoRA trains the same adapter",
         "monteclora_config": "ftlab has no MonteCLoRA; use plain LoRA",
         "arrow_config": "ftlab has no Arrow routing; combine adapters with lora.add_weighted_adapter",
         "alora_invocation_tokens": "ftlab has no activated LoRA; use plain LoRA",
@@ -320,5 +365,6 @@ SPEC = MethodSpec(
     name="lora", apply=apply, lr=1e-3, options=LoraOptions, peft=LORA_FORMAT,
     layers=("ftlab.methods.lora:LoraLayer", "ftlab.methods.lora_embedding:LoraEmbedding",
             "ftlab.methods.lora_mha:LoraMultiheadAttention", "ftlab.methods.dora:DoraLayer",
-            "ftlab.methods.dora:DoraEmbedding"),
+            "ftlab.methods.dora:DoraEmbedding", "ftlab.methods.velora:VeloraLayer",
+            "ftlab.methods.bdlora:BdLoraLayer"),
 )
