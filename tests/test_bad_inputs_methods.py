@@ -115,6 +115,8 @@ def test_disable_adapters_refuses_when_the_adapter_trains_the_base_biases(tiny_g
     ("lora", {"rank_pattern": {"c_attn": 0}}, ValueError, "'transformer.h.0.attn.c_attn': r must be at least 1"),
     ("lora", {"targets": "transformer.h.0.attn.c_attn", "layers_to_transform": [0]}, ValueError,
      "layers_to_transform works with a list of targets"),
+    ("lora", {"targets": ["c_attn"], "layers_to_transform": ["1"]}, TypeError,
+     "layers_to_transform must be a whole number, got '1'"),
     ("lora", {"targets": ["c_attn"], "layers_to_transform": [5]}, ValueError,
      r"keeps none of the 2 targets; their block numbers are \[0, 1\]"),
     ("lora", {"lora_alpah": 16}, TypeError, "lora has no option 'lora_alpah'; did you mean 'lora_alpha'"),
