@@ -5,9 +5,8 @@ from ftlab.train import evaluate, fit
 from ftlab.train import lr_find
 
 __version__ = "0.1.0"
-from ftlab.methods import apply
-from ftlab.methods._inject import (add_adapter, delete_adapter, disable_adapters, merge, merge_and_unload,
-                                   set_adapter, unmerge)
+from ftlab.methods import add_adapter, apply
+from ftlab.methods.base import delete_adapter, disable_adapters, merge, merge_and_unload, set_adapter, unmerge
 from ftlab.peft_io import export_peft, import_peft
 from ftlab.estimate import estimate_memory
 from ftlab.recommend import recommend

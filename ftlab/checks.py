@@ -462,7 +462,7 @@ def adapter_reference(h, W_down, b_down, W_up, b_up, act=torch.relu):
           where="notebook 03, introduction: adapter(h) = h + W_up f(W_down h + b_down) + b_up, here with f = ReLU; a "
                 "batch h is (..., d), so each matrix product multiplies by the transpose",
           sketch="z = relu(h @ ______ + ______)   # (..., b); return h + z @ ______ + ______   # (..., d)",
-          refuse=("ftlab.methods.adapter:Bottleneck",))
+          refuse=("ftlab.methods.adapter:BottleneckMLP",))
 def check_adapter_forward(call) -> Problem | None:
     """Exercise (notebook 03): ``fn(h, W_down, b_down, W_up, b_up)`` returns a ReLU bottleneck adapter's output
     h + relu(h W_down^T + b_down) W_up^T + b_up for h (..., d); W_down (b, d), W_up (d, b). Random sizes and
@@ -525,7 +525,7 @@ def check_adapter_forward(call) -> Problem | None:
                 "gradient within the first steps; write out d adapter / d W_down and d adapter / d W_up at the start",
           sketch="W_down = small random (b, d); b_down = zeros(b); W_up = ______; b_up = ______: one factor random, "
                  "the other one zero, so the output starts at h and the zero factor still gets a gradient",
-          refuse=("ftlab.methods.adapter:Bottleneck",))
+          refuse=("ftlab.methods.adapter:BottleneckMLP",))
 def check_adapter_init(call) -> Problem | None:
     """Exercise (notebook 03, find the bug): ``fn(d, b)`` returns ``(W_down, b_down, W_up, b_up)`` of a ReLU adapter,
     shapes (b, d), (b,), (d, b), (d,), such that the adapter starts as the identity AND every parameter moves within

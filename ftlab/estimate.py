@@ -60,7 +60,7 @@ from torch.overrides import TorchFunctionMode
 from ftlab.config import device as default_device
 from ftlab.measure import MEMORY_PARTS
 from ftlab.methods import METHODS, apply
-from ftlab.methods._inject import ALL_LINEAR, find_targets, model_family
+from ftlab.methods.base import ALL_LINEAR, find_targets, model_family
 from ftlab.methods.nf4 import STATS_BLOCK_SIZE
 from ftlab.methods.qlora import check_options as check_qlora_options
 from ftlab.methods.qlora import check_quantizable

@@ -30,7 +30,7 @@ from torch import nn
 from ftlab.compare import check_seeds
 from ftlab.config import seed_everything
 from ftlab.methods import apply
-from ftlab.methods._inject import active_adapter, adapter_names, set_adapter, tuned_layers
+from ftlab.methods.base import active_adapter, adapter_names, set_adapter, tuned_layers
 from ftlab.train import cycle, evaluate, fit
 
 HEAD_ATTRIBUTES = ("classifier", "score", "fc")  # transformers' and torchvision's classification heads

@@ -248,8 +248,11 @@ def test_bad_inputs_raise_clear_errors_and_leave_the_weight_unchanged():
         nf4.quantize(q)
     with pytest.raises(ValueError, match="unknown quant_type 'nf8'.*nf4, fp4, int4"):
         nf4.quantize(weight, quant_type="nf8")
-    for block_size in (0, -64, 48, 64.0, True):
+    for block_size in (0, -64, 48):
         with pytest.raises(ValueError, match="positive power of two"):
+            nf4.quantize(weight, block_size=block_size)
+    for block_size in (64.0, True):
+        with pytest.raises(TypeError, match="block_size must be a whole number"):
             nf4.quantize(weight, block_size=block_size)
     with pytest.raises(ValueError, match="empty"):
         nf4.quantize(torch.empty(0, 4))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ftlab.methods._inject import disable_adapters, tuned_layers
+from ftlab.methods.base import disable_adapters, tuned_layers
 from ftlab.train import IGNORE_INDEX
 from ftlab.validate import eval_mode
 

@@ -33,6 +33,8 @@ import math
 
 import torch
 
+from ftlab.validate import check_int
+
 QUANT_TYPES = ("nf4", "fp4", "int4")
 STATS_BLOCK_SIZE = 256  # block size of the second (8-bit) quantisation of the absmax constants
 
@@ -221,9 +223,9 @@ class QuantizedTensor:
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-def _check_block_size(block_size) -> None:
-    is_int = isinstance(block_size, int) and not isinstance(block_size, bool)
-    if not is_int or block_size < 1 or block_size & (block_size - 1):
+def check_block_size(block_size) -> None:
+    """Raise unless ``block_size`` is a positive power of two."""
+    if check_int("block_size", block_size) < 1 or block_size & (block_size - 1):
         raise ValueError(
             f"block_size must be a positive power of two (64 is bitsandbytes' default), got {block_size!r}"
         )
@@ -247,7 +249,7 @@ def quantize(weight: torch.Tensor, block_size: int = 64, double_quant: bool = Tr
         raise ValueError("weight has NaN or infinite values; a block's absmax would be meaningless")
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"unknown quant_type {quant_type!r}; choose one of {', '.join(QUANT_TYPES)}")
-    _check_block_size(block_size)
+    check_block_size(block_size)
 
     x = weight.detach().reshape(-1).float()  # (n,)
     n = x.numel()
