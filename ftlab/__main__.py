@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                           help="folder of sweep_TASK.csv/.json (default: data/results)")
     sweeping.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     from ftlab.estimate import OPTIMIZER_MOMENTS, PRECISIONS
-    from ftlab.methods import METHODS
+    from ftlab.methods import available
 
     memory = sub.add_parser("estimate", help="memory of one training step of any model or config, up to 70B, "
                                              "part by part (nothing is allocated)")
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a catalogue name (llama-7b, llama-13b, llama-70b, mistral-7b, qwen2-7b, gpt2, gpt2-xl, "
                              "bert-base, minilm, gpt2-tiny, resnet18, ...: see ftlab.estimate.CONFIGS), a folder "
                              "with config.json, or a hub name in the local cache")
-    memory.add_argument("--method", default="lora", choices=list(METHODS), help="fine-tuning method (default lora)")
+    memory.add_argument("--method", default="lora", choices=available(), help="fine-tuning method (default lora)")
     memory.add_argument("--batch", type=int, default=1, help="examples per batch (default 1)")
     memory.add_argument("--seq", type=int, default=512, help="tokens per example (default 512)")
     memory.add_argument("--image-size", type=int, help="for a ResNet: the side of a square image in pixels")

@@ -59,7 +59,7 @@ from torch.overrides import TorchFunctionMode
 
 from ftlab.config import device as default_device
 from ftlab.measure import MEMORY_PARTS
-from ftlab.methods import METHODS, apply
+from ftlab.methods import apply, available
 from ftlab.methods.base import ALL_LINEAR, find_targets, model_family
 from ftlab.methods.nf4 import STATS_BLOCK_SIZE
 from ftlab.methods.qlora import check_options as check_qlora_options
@@ -515,7 +515,7 @@ def estimate_memory(model_or_config, method: str = "lora", *, batch_size: int, s
     ``activations`` that is one block recomputed during backward, else 0), the parameter counts
     ``trainable_parameters`` and ``parameters`` (as ``count_parameters``), and the settings.
     """
-    check_choice("method", method, list(METHODS))
+    check_choice("method", method, available())
     check_choice("precision", precision, list(PRECISIONS))
     check_choice("optimizer", optimizer, list(OPTIMIZER_MOMENTS))
     batch_size = check_positive_int("batch_size", batch_size)

@@ -27,8 +27,8 @@ import pandas as pd
 from torch import nn
 
 from ftlab.estimate import PRECISIONS, estimate_memory, is_classifier, meta_model
-from ftlab.methods import METHODS
-from ftlab.methods._inject import ALL_LINEAR, DEFAULT_TARGETS, model_family
+from ftlab.methods import available
+from ftlab.methods.base import ALL_LINEAR, DEFAULT_TARGETS, model_family
 from ftlab.validate import check_number, check_positive_int
 from ftlab.zoo import DATA_DIR
 
@@ -211,9 +211,9 @@ def recommend(model, gpu_memory_gb: float, num_examples: int, num_tasks: int = 1
     headroom = check_number("headroom", headroom, minimum=0, maximum=0.9)
     if switch_tasks_at_serving not in (True, False):
         raise ValueError(f"switch_tasks_at_serving must be True or False, got {switch_tasks_at_serving!r}")
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in available()]
     if isinstance(methods, str) or unknown:
-        raise ValueError(f"methods must be a list of method names from {', '.join(METHODS)}; unknown: "
+        raise ValueError(f"methods must be a list of method names from {', '.join(available())}; unknown: "
                          f"{unknown or methods!r}")
     base = meta_model(model)
     image = model_family(base) == "resnet"
