@@ -65,3 +65,14 @@ def tiny_gpt2_chat():
                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                      pad_token_id=tokenizer.pad_token_id)
     return transformers.GPT2LMHeadModel(config).eval(), tokenizer
+
+
+@pytest.fixture
+def ipython_shell():
+    """The global IPython test shell (started once per session). IPython's ``globalipapp.get_ipython`` returns it
+    only on its first call, so every test asks for it through this fixture instead."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    start_ipython()
+    return get_ipython()

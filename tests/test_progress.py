@@ -4,7 +4,6 @@ import io
 import re
 
 import pytest
-from IPython.testing.globalipapp import get_ipython
 from IPython.utils.capture import capture_output
 
 from ftlab.progress import TextBar, WidgetBar, in_notebook, progress
@@ -100,8 +99,7 @@ def test_bad_arguments_are_refused(call, message):
         call()
 
 
-def test_the_widget_bar_is_replaced_by_its_final_line_in_the_saved_notebook():
-    get_ipython()
+def test_the_widget_bar_is_replaced_by_its_final_line_in_the_saved_notebook(ipython_shell):
     with capture_output() as captured:
         bar = WidgetBar(range(5), **bar_options(total=5))
         for _ in bar:
@@ -115,8 +113,7 @@ def test_the_widget_bar_is_replaced_by_its_final_line_in_the_saved_notebook():
     assert bar.bar.value == 5 and bar.bar.bar_style == "success" and bar.label.value == final.data["text/plain"]
 
 
-def test_the_widget_bar_with_leave_false_leaves_nothing():
-    get_ipython()
+def test_the_widget_bar_with_leave_false_leaves_nothing(ipython_shell):
     with capture_output() as captured:
         bar = WidgetBar(range(2), **bar_options(total=2, leave=False))
         list(bar)

@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from IPython.core.pylabtools import select_figure_formats
-from IPython.testing.globalipapp import get_ipython
 from IPython.utils.capture import capture_output
 
 from ftlab.widgets import PANEL_CLASS, explore
@@ -21,10 +20,10 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-@pytest.fixture(scope="module")
-def shell():
+@pytest.fixture
+def shell(ipython_shell):
     """An IPython shell that formats figures as PNG, as a notebook kernel does."""
-    shell = get_ipython()
+    shell = ipython_shell
     select_figure_formats(shell, {"png"})
     shell.display_formatter.active_types = ["text/plain", "text/html", "image/png", WIDGET]
     return shell
