@@ -661,8 +661,8 @@ def compare_strategies(sequence: str = "digits", setting: str = "task", strategi
 # The grids of ``sweep_continual``: EWC's lambda (the Fisher's scale differs by sequence, see SEQUENCE_DEFAULTS) and
 # the replay buffer's size in examples (digits 0-4 has about 500 training images).
 SWEEP_GRID = {
-    "digits": {"ewc_lambda": [1e4, 1e5, 1e6, 1e7], "buffer_size": [10, 20, 50, 100, 200]},
-    "text": {"ewc_lambda": [1e3, 1e4, 1e5, 1e6], "buffer_size": [10, 20, 50, 100, 200]},
+    "digits": {"ewc_lambda": [1e2, 1e3, 1e4, 1e5, 1e6, 1e7], "buffer_size": [10, 30, 100, 300]},
+    "text": {"ewc_lambda": [1e2, 1e3, 1e4, 1e5, 1e6, 1e7], "buffer_size": [10, 30, 100, 300]},
 }
 FISHER_EXAMPLES = 200  # examples in EWC's Fisher (EWC's default max_examples)
 MATRIX_COLUMNS = ["R_0_0", "R_0_1", "R_1_0", "R_1_1"]  # R[i, j] of a two-task sequence, row by row
