@@ -859,6 +859,41 @@ def sweep_point(ewc_lambda: float, buffer_size: int, setting: str = "task", *, s
                         columns=SWEEP_COLUMNS)
 
 
+def mean_matrix(rows: pd.DataFrame) -> np.ndarray:
+    """The mean (2, 2) accuracy matrix of rows of the sweep's schema (``MATRIX_COLUMNS``), e.g. over seeds."""
+    return rows[MATRIX_COLUMNS].to_numpy(dtype=float).mean(axis=0).reshape(2, 2)
+
+
+def mean_matrices(rows: pd.DataFrame, by: str = "strategy") -> dict:
+    """``{group: mean_matrix of its rows}`` for each group of column ``by`` (e.g. the seeds of each strategy), in the
+    order the groups first appear."""
+    return {name: mean_matrix(group) for name, group in rows.groupby(by, sort=False)}
+
+
+def default_rows(rows: pd.DataFrame, sequence: str = "digits") -> pd.DataFrame:
+    """The rows of a sweep (``load_sweep``) of ``compare_strategies``' default strategies: naive, EWC at the
+    sequence's default ``ewc_lambda``, replay with its default ``buffer_size``, LwF and one adapter per task."""
+    defaults = SEQUENCE_DEFAULTS[sequence]
+    keep = (rows.strategy.isin(["naive", "lwf", "adapters"])
+            | ((rows.strategy == "ewc") & np.isclose(rows.ewc_lambda, defaults["ewc_lambda"]))
+            | ((rows.strategy == "replay") & (rows.buffer_size == defaults["buffer_size"])))
+    return rows[keep].reset_index(drop=True)
+
+
+def as_sweep_rows(result: dict, strategies: dict) -> pd.DataFrame:
+    """``compare_strategies``' result as rows of the sweep's schema, to draw a live run over ``load_sweep``'s rows:
+    ``strategy`` (the key of ``strategies``), ``setting``, ``seed``, ``ewc_lambda`` and ``buffer_size`` read from the
+    strategy (None where it has none), the metrics, and the accuracy matrix in ``MATRIX_COLUMNS``."""
+    rows = []
+    for run in result["runs"].to_dict("records"):
+        strategy = strategies[run["strategy"]]
+        R = result["R_runs"][run["strategy"], run["seed"]]
+        rows.append({**run, "ewc_lambda": strategy.ewc_lambda if isinstance(strategy, EWC) else None,
+                     "buffer_size": strategy.buffer.size if isinstance(strategy, Replay) else None,
+                     **dict(zip(MATRIX_COLUMNS, np.asarray(R).reshape(-1).tolist()))})
+    return pd.DataFrame(rows)
+
+
 def sweep_matrices(rows: pd.DataFrame, setting: str, ewc_lambda: float, buffer_size: int) -> dict:
     """``{"naive": R, "EWC lambda=...": R, "replay, ... images": R}``: the mean accuracy matrix (2, 2) over the
     seeds of naive fine-tuning, EWC at ``ewc_lambda`` and replay with ``buffer_size`` in ``setting``, from the rows
@@ -872,7 +907,7 @@ def sweep_matrices(rows: pd.DataFrame, setting: str, ewc_lambda: float, buffer_s
             grid = {key: sorted(rows[key].dropna().unique().tolist()) for key in ("ewc_lambda", "buffer_size")}
             raise ValueError(f"the sweep has no {setting!r} runs for {name}; it has ewc_lambda {grid['ewc_lambda']} "
                              f"and buffer_size {grid['buffer_size']}")
-    return {name: picked[MATRIX_COLUMNS].mean().to_numpy().reshape(2, 2) for name, picked in chosen.items()}
+    return {name: mean_matrix(picked) for name, picked in chosen.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

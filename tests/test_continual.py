@@ -488,3 +488,30 @@ def test_shipped_continual_sweeps_were_made_with_the_current_checkpoint_and_sett
     from ftlab.continual import check_sweep
 
     assert check_sweep(json_path) == [], f"{json_path.name} is stale: rerun the command in its provenance"
+
+
+def test_mean_matrices_average_each_strategy_and_default_rows_pick_the_default_knobs():
+    from ftlab.continual import SEQUENCE_DEFAULTS, default_rows, mean_matrices
+
+    rows = _sweep_rows()
+    matrices = mean_matrices(rows)
+    assert list(matrices) == ["naive", "ewc", "replay"]
+    np.testing.assert_allclose(matrices["ewc"], [[0.9, 0.1], [0.555, 0.9]])  # both lambdas, both seeds
+    assert SEQUENCE_DEFAULTS["digits"]["ewc_lambda"] == 1e6 and SEQUENCE_DEFAULTS["digits"]["buffer_size"] == 100
+    assert list(default_rows(rows).strategy) == ["naive", "ewc", "naive", "ewc"]  # no 1e7, no buffer of 10
+    assert (default_rows(rows).ewc_lambda.dropna() == 1e6).all()
+
+
+def test_a_live_compare_strategies_run_becomes_rows_of_the_sweep_schema_with_its_knobs():
+    from ftlab.continual import as_sweep_rows, compare_strategies
+
+    strategies = {"naive": Naive(), "ewc": EWC(50.0, max_examples=4), "replay": Replay(7)}
+    result = compare_strategies("digits", "class", strategies, num_steps=1, seeds=[0])
+    rows = as_sweep_rows(result, strategies)
+    assert list(rows.strategy) == ["naive", "ewc", "replay"]
+    assert rows.ewc_lambda.tolist()[1] == 50.0 and rows.buffer_size.tolist()[2] == 7
+    assert rows.ewc_lambda.isna().tolist() == [True, False, True] and rows.buffer_size.isna().tolist()[:2] == [True] * 2
+    for row in rows.to_dict("records"):
+        np.testing.assert_allclose([[row["R_0_0"], row["R_0_1"]], [row["R_1_0"], row["R_1_1"]]],
+                                   result["R_runs"][row["strategy"], 0])
+        assert row["forgetting_first"] == pytest.approx(row["R_0_0"] - row["R_1_0"])
