@@ -46,7 +46,8 @@ def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """
     import torch
 
-    from ftlab.compare import compare as run_compare, default_budget, summarize, summary_table
+    from ftlab.compare import compare as run_compare
+    from ftlab.compare import default_budget, summarize, summary_table
     from ftlab.config import mode
     from ftlab.sweep import check_writable
 

@@ -29,11 +29,11 @@ import re
 import string
 import sys
 from collections import Counter
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-
 
 # ---- the framework --------------------------------------------------------------------------------------------
 

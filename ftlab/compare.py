@@ -40,7 +40,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftlab.config import mode as current_mode, seed_everything
+from ftlab.config import mode as current_mode
+from ftlab.config import seed_everything
 from ftlab.measure import MEMORY_PARTS, count_parameters, memory_report, time_step
 from ftlab.methods import apply, available
 from ftlab.train import evaluate, fit

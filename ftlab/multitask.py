@@ -21,7 +21,7 @@ N full copies (``storage_cost``).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 import torch

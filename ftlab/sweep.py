@@ -54,9 +54,21 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ftlab.compare import (CHECKPOINTS, IMAGE_TASKS, LEARNING_RATES_FILE, METHOD_OPTIONS, METRICS, TASK_SETTINGS,
-                           check_seeds, default_budget, fit_options, load_task_model, resolve_methods, run_method,
-                           task_data)
+from ftlab.compare import (
+    CHECKPOINTS,
+    IMAGE_TASKS,
+    LEARNING_RATES_FILE,
+    METHOD_OPTIONS,
+    METRICS,
+    TASK_SETTINGS,
+    check_seeds,
+    default_budget,
+    fit_options,
+    load_task_model,
+    resolve_methods,
+    run_method,
+    task_data,
+)
 from ftlab.config import mode
 from ftlab.train import FitError
 from ftlab.validate import check_positive_int

@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import math
 import random
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch

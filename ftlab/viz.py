@@ -5,7 +5,7 @@ browser; a widget only wraps one of these functions.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 

@@ -29,8 +29,8 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 

@@ -12,11 +12,22 @@ import pytest
 
 from ftlab import sweep as sweep_module
 from ftlab.__main__ import main
+from ftlab.compare import LEARNING_RATES_FILE, compare, load_learning_rates
+from ftlab.sweep import (
+    COLUMNS,
+    LADDER,
+    RESULTS_DIR,
+    check_results,
+    check_writable,
+    checkpoint_hashes,
+    choose_rate,
+    extend,
+    grid,
+    load_results,
+    rows_from_compare,
+    sha256,
+)
 from ftlab.train import FitError
-from ftlab.compare import LEARNING_RATES_FILE, load_learning_rates
-from ftlab.compare import compare
-from ftlab.sweep import (COLUMNS, LADDER, RESULTS_DIR, check_results, check_writable, checkpoint_hashes, choose_rate,
-                         extend, grid, load_results, rows_from_compare, sha256)
 
 
 def test_grid_takes_one_ladder_rung_below_the_start_and_two_above():

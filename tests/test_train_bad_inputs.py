@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ftlab.train import FitError, fit
+
 from test_train import toy_problem
 
 

@@ -9,9 +9,10 @@ import transformers
 from torch import nn
 
 import ftlab
-from builders import resnet18, tiny_gpt2
 from ftlab.measure import SavedActivations
 from ftlab.train import FitError, checkpointed, default_loss, fit
+
+from builders import resnet18, tiny_gpt2
 from test_train import toy_problem
 
 

@@ -3,8 +3,14 @@ import pytest
 
 from ftlab import transfer
 from ftlab.compare import summarize as summarize_runs
-from ftlab.transfer import (FREEZE_RECIPES, compare_freezing, compare_pretrained, finetune_digits, steps_to_fraction,
-                            summarize)
+from ftlab.transfer import (
+    FREEZE_RECIPES,
+    compare_freezing,
+    compare_pretrained,
+    finetune_digits,
+    steps_to_fraction,
+    summarize,
+)
 
 
 def test_steps_to_fraction_finds_the_first_step_at_90_percent_of_the_final_accuracy():

@@ -5,7 +5,7 @@ examples into batches that follow ftlab's batch convention (see ``ftlab.train``)
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader

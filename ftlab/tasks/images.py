@@ -133,7 +133,7 @@ def glyph_fonts() -> list[Path]:
     return paths
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font(path: Path):
     """The font at 64 px, and the height of its capital H (to scale every font to the same cap height)."""
     from PIL import ImageFont
