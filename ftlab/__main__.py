@@ -100,7 +100,8 @@ def _numbers(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, e.g. 30,80,150; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, e.g. 30,80,150; got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, got {text!r}")
     return values
@@ -112,7 +113,7 @@ def _seeds(text: str) -> list[int]:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seeds (3 means 0,1,2) or seeds separated by commas; "
-                                         f"got {text!r}")
+                                         f"got {text!r}") from None
     if "," not in text and len(values) == 1:
         if values[0] < 1:
             raise argparse.ArgumentTypeError(f"the number of seeds must be at least 1, got {text!r}")

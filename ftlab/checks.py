@@ -396,6 +396,10 @@ def check_discriminative_lrs(call) -> Problem | None:
     rng = random.Random(3)
     cases = [(1e-3, 6, 2.6), (1e-3, 4, 2.6), (3e-3, 6, 2.0), (5e-4, 1, 2.6), (1e-3, 3, 1.0)]
     cases += [(10 ** rng.uniform(-5, -2), rng.randint(2, 12), rng.uniform(1.2, 10)) for _ in range(6)]
+
+    def same(a: list, b: list) -> bool:
+        return len(a) == len(b) and all(math.isclose(u, v, rel_tol=1e-9) for u, v in zip(a, b))
+
     for lr, G, factor in cases:
         want = [lr / factor ** (G - 1 - k) for k in range(G)]
         case = f"lr={lr:.3g}, num_groups={G}, factor={factor:.3g}"
@@ -405,7 +409,6 @@ def check_discriminative_lrs(call) -> Problem | None:
         except (TypeError, ValueError):
             return Problem(f"{case}: expected a list of numbers, got {type(got).__name__}",
                            "return one learning rate per group, e.g. a list comprehension over range(num_groups)")
-        same = lambda a, b: len(a) == len(b) and all(math.isclose(u, v, rel_tol=1e-9) for u, v in zip(a, b))
         if same(got, want):
             continue
         if len(got) != G:
@@ -1715,8 +1718,9 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     width = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
     height = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
     inter = width * height
-    area = lambda box: (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-    union = area(a) + area(b) - inter
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a + area_b - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(a.dtype).tiny), torch.zeros_like(union))
 
 

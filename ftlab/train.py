@@ -126,7 +126,7 @@ def evaluate(model: torch.nn.Module, data: Iterable, *, device: torch.device | s
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_loss, correct, seen, batches = 0.0, 0, 0, 0
+    total_loss, correct, seen = 0.0, 0, 0
     for batch in itertools.islice(data, max_batches):
         batch = to_device(batch, device, dtype)
         loss, logits = forward(model, batch)
@@ -139,7 +139,6 @@ def evaluate(model: torch.nn.Module, data: Iterable, *, device: torch.device | s
         n = int(mask.sum().item())
         seen += n
         total_loss += loss.item() * n
-        batches += 1
     model.train(was_training)
     if seen == 0:
         raise ValueError("evaluate got no labelled examples: is the data empty?")

@@ -45,7 +45,7 @@ def test_refusing_swaps_every_ftlab_binding_and_restores_them_after_an_error():
             with pytest.raises(Refused, match="write it yourself: this exercise asks you to implement the memory"):
                 where()
         assert student["other"] is len
-        1 / 0
+        raise ZeroDivisionError("an error inside the block")
     assert ftlab.measure.memory_report is original and ftlab.memory_report is original
     assert student["memory_report"] is original
 

@@ -24,6 +24,7 @@ never share a file. A cache that cannot be written warns and still returns the t
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -140,10 +141,8 @@ def _move_into_place(partial: Path, folder: Path) -> None:
     """
     if folder.exists():
         stale = folder.parent / f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}.stale"
-        try:
+        with contextlib.suppress(FileNotFoundError):  # another writer moved it first
             folder.rename(stale)
-        except FileNotFoundError:  # another writer moved it first
-            pass
         shutil.rmtree(stale, ignore_errors=True)
     try:
         partial.rename(folder)
