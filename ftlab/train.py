@@ -289,7 +289,8 @@ def _check_fit_options(model, train_data, *, num_steps, lr, optimizer, weight_de
     check_number("lr", lr, minimum=0.0)  # 0 is allowed: a run that changes nothing, as a baseline
     check_number("weight_decay", weight_decay, minimum=0.0)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for AdamW), got {type(optimizer).__name__}")
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for AdamW), "
+                        f"got {type(optimizer).__name__}")
     if max_grad_norm is not None:
         check_number("max_grad_norm", max_grad_norm, minimum=0.0, strict_minimum=True)
     check_int("warmup_steps", warmup_steps, minimum=0)
@@ -626,7 +627,8 @@ def lr_find(model: torch.nn.Module, train_data: Iterable, *, start_lr: float = 1
         raise ValueError(f"beta must be in [0, 1) (0 means no smoothing), got {beta:g}")
     check_number("diverge", diverge, minimum=1.0, strict_minimum=True)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for AdamW), got {type(optimizer).__name__}")
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for AdamW), "
+                        f"got {type(optimizer).__name__}")
     if train_data is None or not hasattr(train_data, "__iter__"):
         raise TypeError(f"train_data must be a list or loader of batches, got {type(train_data).__name__}")
     if hasattr(train_data, "__len__") and len(train_data) == 0:

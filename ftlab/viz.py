@@ -222,7 +222,8 @@ def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", 
 
 
 def plot_abs_matrix(matrix, title: str = "|delta W|"):
-    """An image of the absolute values of a 2-D matrix (e.g. a weight change), with a colour bar: block structure shows."""
+    """An image of the absolute values of a 2-D matrix (e.g. a weight change), with a colour bar: block structure
+    shows."""
     import torch
 
     matrix = torch.as_tensor(matrix).detach().double()
