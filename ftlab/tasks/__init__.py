@@ -30,3 +30,17 @@ def text_loader(examples: Sequence[tuple[str, int]], tokenizer, *, batch_size: i
 
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(list(examples), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+
+
+def split_sizes(sizes: dict | None, defaults: dict[str, int], unit: str = "examples") -> dict[str, int]:
+    """How many ``unit`` each split gets: ``defaults`` with ``sizes`` on top, checked before anything is drawn.
+
+    A split not among ``defaults``'s, or a size that is not a positive whole number, is a ValueError.
+    """
+    sizes = {**defaults, **(sizes or {})}
+    for split, n in sizes.items():
+        if split not in defaults:
+            raise ValueError(f"unknown split {split!r}; splits are {list(defaults)}")
+        if not isinstance(n, int) or n <= 0:
+            raise ValueError(f"split {split!r} needs a positive number of {unit} (a whole number), got {n!r}")
+    return sizes

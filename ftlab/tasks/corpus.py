@@ -36,6 +36,8 @@ from __future__ import annotations
 import random
 import re
 
+from ftlab.tasks import split_sizes
+
 # ---------------------------------------------------------------- word lists
 NAME_ONSETS = ["Ma", "Li", "To", "Ka", "Be", "Ro", "Su", "Da", "Ni", "Fe", "Jo", "Ti", "Ra", "Lo", "Mi",
                "Pe", "Sa", "Ve", "Go", "Ha", "Ne", "Bo", "Ze", "Wi", "Ta", "Mo", "Lu", "Di", "Ke", "Po", "Ba", "Fi",
@@ -442,12 +444,7 @@ def make_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, list[str]
 
     The same ``seed`` and ``sizes`` always give the same documents.
     """
-    sizes = {**SPLIT_SIZES, **(sizes or {})}
-    for split, n in sizes.items():
-        if split not in SPLIT_SIZES:
-            raise ValueError(f"unknown split {split!r}; splits are {list(SPLIT_SIZES)}")
-        if not isinstance(n, int) or n <= 0:
-            raise ValueError(f"split {split!r} needs a positive number of documents, got {n!r}")
+    sizes = split_sizes(sizes, SPLIT_SIZES, unit="documents")
     rng = random.Random(seed)
     seen: set[str] = set()
     data = {}

@@ -16,6 +16,8 @@ from __future__ import annotations
 import random
 import re
 
+from ftlab.tasks import split_sizes
+
 POSITIVE = {
     "train": ["good", "great", "excellent", "wonderful", "fantastic", "amazing", "lovely", "brilliant"],
     "validation": ["terrific", "enjoyable", "fabulous"],
@@ -49,14 +51,10 @@ def make_sentiment(seed: int = 0, sizes: dict | None = None) -> dict[str, list[t
 
     Classes are balanced in every split; the same ``seed`` always gives the same data.
     """
-    sizes = {**SPLIT_SIZES, **(sizes or {})}
+    sizes = split_sizes(sizes, SPLIT_SIZES)
     rng = random.Random(seed)
     data = {}
     for split, n in sizes.items():
-        if split not in POSITIVE:
-            raise ValueError(f"unknown split {split!r}; splits are {list(POSITIVE)}")
-        if n <= 0:
-            raise ValueError(f"split {split!r} needs a positive number of examples, got {n}")
         examples = []
         for k in range(n):
             label = k % 2

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import random
 
+from ftlab.tasks import split_sizes
+
 LABELS = ["sports", "food", "travel", "tech"]
 WORDS = {
     "sports": {
@@ -60,14 +62,10 @@ def make_topic(seed: int = 0, sizes: dict | None = None) -> dict[str, list[tuple
 
     Classes take turns, so every split is balanced; the same ``seed`` always gives the same data.
     """
-    sizes = {**SPLIT_SIZES, **(sizes or {})}
+    sizes = split_sizes(sizes, SPLIT_SIZES)
     rng = random.Random(seed)
     data = {}
     for split, n in sizes.items():
-        if split not in SPLIT_SIZES:
-            raise ValueError(f"unknown split {split!r}; splits are {list(SPLIT_SIZES)}")
-        if not isinstance(n, int) or n <= 0:
-            raise ValueError(f"split {split!r} needs a positive number of examples, got {n!r}")
         examples = []
         for k in range(n):
             label = k % len(LABELS)
