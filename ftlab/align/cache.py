@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ftlab.validate import check_choice
-from ftlab.zoo import DATA_DIR
+from ftlab.zoo import DATA_DIR, file_sha256
 
 CACHE_VERSION = 2  # raise it when a change to the training code changes the models it produces
 SOURCES = ("auto", "shipped", "train")
@@ -71,15 +71,6 @@ def display_path(folder: str | Path) -> str:
             relative = folder.relative_to(root).as_posix()
             return f"{label}/{relative}" if label else relative
     return str(folder)
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, in hex: names a checkpoint by its content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def settings_key(settings: dict) -> str:
