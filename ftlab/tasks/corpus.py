@@ -126,26 +126,26 @@ DOUBLING = {"hop", "skip", "jog", "clap", "hug", "drop", "grab", "drag", "hum", 
             "wet", "thin", "fat", "dim", "sit", "win", "flip", "wrap", "scrub", "knit"}
 
 
+def add_s(word: str, irregular: dict[str, str]) -> str:
+    """English's -s ending, the same for plural nouns and he/she/it verbs: ``fox -> foxes``,
+    ``berry -> berries``, ``run -> runs``; ``irregular`` lists the words that break the rule."""
+    if word in irregular:
+        return irregular[word]
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
 def plural(noun: str) -> str:
     """The plural of a noun: ``fox -> foxes``, ``berry -> berries``, ``mouse -> mice``."""
-    if noun in IRREGULAR_PLURALS:
-        return IRREGULAR_PLURALS[noun]
-    if noun.endswith(("s", "x", "z", "ch", "sh")):
-        return noun + "es"
-    if noun.endswith("y") and noun[-2] not in "aeiou":
-        return noun[:-1] + "ies"
-    return noun + "s"
+    return add_s(noun, IRREGULAR_PLURALS)
 
 
 def third_person(verb: str) -> str:
     """The present tense after he/she/it: ``run -> runs``, ``catch -> catches``, ``carry -> carries``."""
-    if verb in IRREGULAR_THIRD:
-        return IRREGULAR_THIRD[verb]
-    if verb.endswith(("s", "x", "z", "ch", "sh")):
-        return verb + "es"
-    if verb.endswith("y") and verb[-2] not in "aeiou":
-        return verb[:-1] + "ies"
-    return verb + "s"
+    return add_s(verb, IRREGULAR_THIRD)
 
 
 def past(verb: str) -> str:
