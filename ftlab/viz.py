@@ -12,6 +12,14 @@ import matplotlib.pyplot as plt
 from ftlab.measure import MEMORY_PARTS
 
 
+def _finish(fig):
+    """Lay ``fig`` out and close it, so that Jupyter's inline backend shows it once (as the value returned); returns
+    ``fig``."""
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def plot_memory(rows: Sequence[dict], unit: str = "MB", ax=None):
     """Stacked bars of a memory breakdown, one bar per row of ``ftlab.measure.memory_report``.
 
@@ -430,9 +438,7 @@ def plot_train_val(history: dict, smooth: int = 5):
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
 
 
 def plot_lr_find(result: dict, ax=None):
@@ -455,9 +461,7 @@ def plot_lr_find(result: dict, ax=None):
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
 
 
 # ---- evidence
@@ -572,9 +576,7 @@ def plot_memory_by_model_size(df, gpus: Sequence[float] = (16, 24, 48, 80)):
     ax.set_xlabel("parameters")
     ax.set_ylabel("memory of one training step (GiB)")
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
 
 
 def plot_recommendation(table):
@@ -602,6 +604,4 @@ def plot_recommendation(table):
     ax_quality.set_xlabel("metric minus full fine-tuning's")
     ax_memory.set_yticks(list(y), list(rows["method"]))
     ax_memory.invert_yaxis()
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
