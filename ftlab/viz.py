@@ -5,11 +5,19 @@ browser; a widget only wraps one of these functions.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 
 from ftlab.measure import MEMORY_PARTS
+
+
+def _finish(fig):
+    """Lay ``fig`` out and close it, so that Jupyter's inline backend shows it once (as the value returned); returns
+    ``fig``."""
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
 
 def plot_memory(rows: Sequence[dict], unit: str = "MB", ax=None):
@@ -222,7 +230,8 @@ def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", 
 
 
 def plot_abs_matrix(matrix, title: str = "|delta W|"):
-    """An image of the absolute values of a 2-D matrix (e.g. a weight change), with a colour bar: block structure shows."""
+    """An image of the absolute values of a 2-D matrix (e.g. a weight change), with a colour bar: block structure
+    shows."""
     import torch
 
     matrix = torch.as_tensor(matrix).detach().double()
@@ -429,9 +438,7 @@ def plot_train_val(history: dict, smooth: int = 5):
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
 
 
 def plot_lr_find(result: dict, ax=None):
@@ -454,9 +461,7 @@ def plot_lr_find(result: dict, ax=None):
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
 
 
 # ---- evidence
@@ -571,9 +576,7 @@ def plot_memory_by_model_size(df, gpus: Sequence[float] = (16, 24, 48, 80)):
     ax.set_xlabel("parameters")
     ax.set_ylabel("memory of one training step (GiB)")
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
 
 
 def plot_recommendation(table):
@@ -601,6 +604,4 @@ def plot_recommendation(table):
     ax_quality.set_xlabel("metric minus full fine-tuning's")
     ax_memory.set_yticks(list(y), list(rows["method"]))
     ax_memory.invert_yaxis()
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)

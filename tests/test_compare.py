@@ -10,9 +10,22 @@ import torch
 
 from ftlab import compare as compare_module
 from ftlab.__main__ import main
-from ftlab.compare import (LEARNING_RATES_FILE, METHOD_OPTIONS, TASK_SETTINGS, applicable_methods, compare,
-                           default_budget, first_balanced, load_task_model, rank_sweep, run_method, summarize,
-                           summary_table, task_data, verdict)
+from ftlab.compare import (
+    LEARNING_RATES_FILE,
+    METHOD_OPTIONS,
+    TASK_SETTINGS,
+    applicable_methods,
+    compare,
+    default_budget,
+    first_balanced,
+    load_task_model,
+    rank_sweep,
+    run_method,
+    summarize,
+    summary_table,
+    task_data,
+    verdict,
+)
 from ftlab.measure import MEMORY_PARTS
 
 TINY = {"num_steps": 1, "batch_size": 4, "sizes": {"train": 8, "validation": 4, "test": 8}}

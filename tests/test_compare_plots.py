@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 
 from ftlab.methods import available
-from ftlab.viz import (method_styles, plot_comparison, plot_params_vs_accuracy, plot_rank_sweep, plot_spread,
-                       plot_sweep)
+from ftlab.viz import method_styles, plot_comparison, plot_params_vs_accuracy, plot_rank_sweep, plot_spread, plot_sweep
 
 
 def _runs(methods, seeds=(0, 1, 2)) -> pd.DataFrame:

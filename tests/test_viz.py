@@ -10,8 +10,13 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import TensorDataset
 
-from ftlab.viz import (plot_accuracy_vs_labels, plot_curves, plot_images, plot_quant_error,
-                       plot_weight_histogram_with_codes)
+from ftlab.viz import (
+    plot_accuracy_vs_labels,
+    plot_curves,
+    plot_images,
+    plot_quant_error,
+    plot_weight_histogram_with_codes,
+)
 
 
 @pytest.fixture(autouse=True)
