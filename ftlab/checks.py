@@ -1653,7 +1653,7 @@ def check_accumulation_losses(call) -> Problem | None:
             for j, g in enumerate(grads):
                 if j != i and g is not None and g.abs().max() > 0:
                     return Problem(f"{case}: loss {i} depends on micro-batch {j}: with accumulation, micro-batch {j} "
-                                   "is not in memory when micro-batch {i} runs backward")
+                                   f"is not in memory when micro-batch {i} runs backward")
             expected = torch.full_like(losses[i], 1 / total).double()
             if grads[i] is None or not torch.allclose(grads[i].double(), expected):
                 return Problem(f"{case}: the gradient of loss {i} with respect to its tokens is not 1 / {total} each")
