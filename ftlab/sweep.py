@@ -478,7 +478,12 @@ def check_results(json_path: str | Path, rates_file: str | Path = LEARNING_RATES
         for name, entry in stored_rates.items():
             if "validation" not in entry:
                 continue
-            picked, _ = choose_rate(rows[(rows.method == name) & rows.seed.isin(entry.get("seeds", rows.seed))])
+            own = rows[(rows.method == name) & rows.seed.isin(entry.get("seeds", rows.seed))]
+            if own.empty:
+                problems.append(f"method {name}: {Path(rates_file).name} says it was tuned, the grid has no rows "
+                                f"for it")
+                continue
+            picked, _ = choose_rate(own)
             if not math.isclose(picked, entry["lr"], rel_tol=1e-6):
                 problems.append(f"method {name}: {Path(rates_file).name} says lr {entry['lr']:g}, the grid's rows "
                                 f"pick {picked:g}")

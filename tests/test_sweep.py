@@ -208,11 +208,13 @@ def test_check_results_names_a_tuned_rate_that_the_grid_rows_do_not_pick(tmp_pat
     method = rows.method.iloc[0]
     rows = pd.concat([rows, rows[rows.method == method].assign(lr=0.1, validation=0.9)], ignore_index=True)
     rows.to_csv(json_path.with_suffix(".csv"), index=False)
-    rates = json.loads(LEARNING_RATES_FILE.read_text())
-    rates["digits"][method] = {"lr": rows.lr.iloc[0], "validation": {}}  # claims the grid chose the first rate
+    other = next(name for name in load_learning_rates()["digits"] if name not in set(rows.method))
+    rates = {"digits": {method: {"lr": rows.lr.iloc[0], "validation": {}},  # claims the grid chose the first rate
+                        other: {"lr": 1e-3, "validation": {}}}}  # claims a tuning the grid has no rows for
     (tmp_path / "rates.json").write_text(json.dumps(rates))
     assert check_results(json_path, tmp_path / "rates.json") == [
-        f"method {method}: rates.json says lr {rows.lr.iloc[0]:g}, the grid's rows pick 0.1"]
+        f"method {method}: rates.json says lr {rows.lr.iloc[0]:g}, the grid's rows pick 0.1",
+        f"method {other}: rates.json says it was tuned, the grid has no rows for it"]
 
 
 @pytest.mark.parametrize("json_path", sorted(RESULTS_DIR.glob("*.json")), ids=lambda p: p.name)
