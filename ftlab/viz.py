@@ -252,16 +252,19 @@ def plot_rank_sweep(df, highlight: int | None = None, metric: str = "test accura
     ax_params.set_xlabel("rank r (log scale)")
     ax_params.set_ylabel("trainable parameters")
     ax_params.set_title("parameters grow linearly in r")
+    labelled = {}  # labels already placed at each parameter count: the alphas of one rank share an x position
     for r, alpha in configs:
         rows = df[(df["r"] == r) & (df["alpha"] == alpha)]
         color = "C3" if (r, alpha) == marked else "C0"
         px, values = float(rows["trainable"].iloc[0]), 100 * rows[metric].astype(float)
+        below = labelled.get(px, 0)
+        labelled[px] = below + 1
         ax_acc.scatter([px] * len(values), values, color=color, s=12, alpha=0.45, linewidths=0)
         mean = values.mean()
         ax_acc.errorbar([px], [mean], yerr=[[mean - values.min()], [values.max() - mean]], color=color, marker="o",
                         capsize=3, linestyle="none")
-        ax_acc.annotate(f"r={r}, alpha={alpha:g}", (px, mean), textcoords="offset points", xytext=(6, 4), fontsize=8,
-                        color=color)
+        ax_acc.annotate(f"r={r}, alpha={alpha:g}", (px, mean), textcoords="offset points", xytext=(6, 4 - 11 * below),
+                        fontsize=8, color=color)
     seeds = df.groupby(["r", "alpha"]).size()
     ax_acc.set_xscale("log")
     ax_acc.set_xlabel("trainable parameters (log scale)")
