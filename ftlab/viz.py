@@ -616,12 +616,15 @@ def plot_round_trip(result: dict, weight_std: float, reference: dict | None = No
     the histogram of the rounding errors W - W_hat in units of the weight's standard deviation ``weight_std``
     (log count axis, fixed range +-``error_range``; errors beyond it are counted in the outermost bins), and the
     setting's place in the plane of bits per weight against relative error. ``reference``: another round_trip
-    result (e.g. QLoRA's default: nf4, block 64, double quantisation) drawn in grey in both panels. The axes stay
-    fixed for the usual settings, so that a widget's updates compare by eye."""
+    result (e.g. QLoRA's default: nf4, block 64, double quantisation) drawn in grey in both panels, unless it is
+    the same setting. The axes stay fixed for the usual settings, so that a widget's updates compare by eye."""
     import numpy as np
 
     def label(r: dict) -> str:
         return f"{r['quant_type']}, block {r['block_size']}, double quant {'on' if r['double_quant'] else 'off'}"
+
+    if reference is not None and label(reference) == label(result):
+        reference = None  # the same setting: drawn once
 
     # fixed margins instead of tight_layout, and one drawn step curve per histogram: an update stays well under a second
     fig, (ax_hist, ax_plane) = plt.subplots(1, 2, figsize=(10.5, 3.6), gridspec_kw={"width_ratios": [1.5, 1]})

@@ -163,3 +163,5 @@ def test_plot_round_trip_draws_the_error_histogram_and_the_bits_error_point_of_t
                       (reference["bits_per_parameter"], reference["relative_error"])]
     assert ax_plane.get_xlim() == (3.9, 6.6) and ax_plane.get_ylim() == (0, 0.2)  # fixed for the usual settings
     assert len(plot_round_trip(setting, 1.0).axes[0].patches) == 1  # no reference: one histogram
+    same = plot_round_trip(reference, 1.0, reference=round_trip(weight))
+    assert len(same.axes[0].patches) == 1 and len(same.axes[1].collections) == 1  # the same setting: drawn once
