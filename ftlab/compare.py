@@ -456,12 +456,13 @@ def verdict(df: pd.DataFrame, a: str, b: str, value: str | None = None, by: str 
 
 
 def rank_sweep(ranks: list[int], alphas: list[float] | None = None, *, targets: list[str] | str | None = None,
-               lr: float = 1e-3, **kwargs) -> pd.DataFrame:
+               lr: float | None = None, **kwargs) -> pd.DataFrame:
     """LoRA at several ranks on one task: ``compare`` with one run per (r, alpha) and seed, plus ``r`` and ``alpha``.
 
     ``alphas`` gives one ``lora_alpha`` per rank (default ``2 * r``, so scaling = alpha / r stays 2
-    and only the rank changes). ``targets`` and ``lr`` apply to every run; ``kwargs`` go to
-    ``compare`` (``seeds``, ``num_steps``, ``batch_size``, ``sizes``, ...). Trainable parameters grow
+    and only the rank changes). ``targets`` and ``lr`` apply to every run (default ``lr``: LoRA's
+    chosen rate for the task, ``TASK_SETTINGS``); ``kwargs`` go to
+    ``compare`` (``task``, ``seeds``, ``num_steps``, ``batch_size``, ``sizes``, ...). Trainable parameters grow
     linearly in r: each adapted (out, in) layer adds r * (in + out). ``summarize(df)`` gives the
     spread over seeds per rank.
     """
@@ -473,7 +474,8 @@ def rank_sweep(ranks: list[int], alphas: list[float] | None = None, *, targets: 
     pairs = {f"r={r} alpha={alpha:g}": (r, alpha) for r, alpha in zip(ranks, alphas)}
     if len(pairs) != len(ranks):
         raise ValueError(f"each (r, alpha) pair must appear once, got ranks {ranks} and alphas {alphas}")
-    runs = {label: {"method": "lora", "lr": lr, "r": r, "lora_alpha": alpha, "targets": targets}
+    chosen = {} if lr is None else {"lr": lr}  # without lr, compare takes LoRA's rate for the task
+    runs = {label: {"method": "lora", "r": r, "lora_alpha": alpha, "targets": targets, **chosen}
             for label, (r, alpha) in pairs.items()}
     kwargs.setdefault("measure", False)
     df = compare(runs, **kwargs)

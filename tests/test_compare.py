@@ -40,6 +40,12 @@ def test_rank_sweep_counts_r_times_in_plus_out_per_layer_and_adds_r_and_alpha_co
     assert df["test accuracy"].between(0, 1).all()
 
 
+
+def test_rank_sweep_trains_at_loras_chosen_rate_for_the_task_unless_given_one():
+    chosen = TASK_SETTINGS["sentiment"]["lora"]["lr"]
+    assert (rank_sweep([1], targets=["query"], **TINY)["lr"] == chosen).all()
+    assert (rank_sweep([1], targets=["query"], lr=chosen / 3, **TINY)["lr"] == chosen / 3).all()
+
 @pytest.mark.parametrize("ranks, alphas, message", [
     (4, None, "non-empty list"),
     ([], None, "non-empty list"),
