@@ -769,3 +769,43 @@ def plot_continual_sweep(rows, setting: str, ewc_lambda: float, buffer_size: int
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+def plot_task_shares(sizes: dict, T: float = 3.0, num_batches: int = 100):
+    """How a temperature sampler shares the batches among tasks of ``sizes`` (``{task: training examples}``): left,
+    each task's probability ``p_i`` (``ftlab.multitask.task_probabilities``) against the temperature (log scale,
+    1 = proportional, large = round-robin), the chosen ``T`` as a vertical line; right, each task's expected number
+    of batches among ``num_batches`` for proportional, temperature ``T`` and round-robin sampling."""
+    import numpy as np
+
+    from ftlab.multitask import task_probabilities
+    from ftlab.validate import check_number, check_positive_int
+
+    check_number("T", T, minimum=0, strict_minimum=True)
+    check_positive_int("num_batches", num_batches)
+    temperatures = np.geomspace(1.0, 100.0, 60)
+    curves = [task_probabilities(sizes, "temperature", float(t)) for t in temperatures]
+    samplers = {"proportional": task_probabilities(sizes, "proportional"),
+                f"temperature T={T:g}": task_probabilities(sizes, "temperature", T),
+                "round-robin": task_probabilities(sizes, "round_robin")}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for k, task in enumerate(sizes):
+        left.plot(temperatures, [curve[task] for curve in curves], color=f"C{k}", label=f"{task} ({sizes[task]:,})")
+        heights = [num_batches * p[task] for p in samplers.values()]
+        xs = np.arange(len(samplers)) + (k - (len(sizes) - 1) / 2) * 0.8 / len(sizes)
+        bars = right.bar(xs, heights, width=0.8 / len(sizes), color=f"C{k}", label=task)
+        right.bar_label(bars, [f"{h:.0f}" for h in heights], fontsize=8)
+    left.axvline(T, color="black", linewidth=1)
+    left.set_xscale("log")
+    left.set_ylim(0, 1)
+    left.set_xlabel(f"temperature T (log scale); line: T={T:g}")
+    left.set_ylabel("share of the batches p_i")
+    left.legend(fontsize=8, title="task (training examples)", title_fontsize=8)
+    left.grid(alpha=0.3)
+    right.set_xticks(range(len(samplers)), list(samplers), fontsize=9)
+    right.set_ylabel(f"expected batches of {num_batches}")
+    right.set_ylim(0, num_batches * 1.08)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -74,3 +74,31 @@ def test_continual_sweep_says_which_runs_are_missing():
     rows = _sweep()
     with pytest.raises(ValueError, match="no 'class' runs of ewc"):
         plot_continual_sweep(rows, "class", 1e6, 10)
+
+
+def test_task_shares_draw_the_sampler_probabilities_and_the_expected_batches():
+    from ftlab.multitask import task_probabilities
+    from ftlab.viz import plot_task_shares
+
+    sizes = {"small": 100, "big": 1000}
+    fig = plot_task_shares(sizes, T=3.0, num_batches=200)
+    left, right = fig.axes
+    small, big = left.get_lines()[:2]
+    assert small.get_xdata()[0] == 1.0 and np.isclose(small.get_ydata()[0], 100 / 1100)  # T = 1: proportional
+    assert np.isclose(small.get_ydata()[-1] + big.get_ydata()[-1], 1.0)
+    assert left.get_lines()[2].get_xdata()[0] == 3.0  # the chosen T
+    heights = [patch.get_height() for patch in right.patches]  # small's three bars, then big's
+    expected = [200 * p["small"] for p in (task_probabilities(sizes, "proportional"),
+                                           task_probabilities(sizes, "temperature", 3.0),
+                                           task_probabilities(sizes, "round_robin"))]
+    np.testing.assert_allclose(heights[:3], expected)
+    assert [t.get_text() for t in right.get_xticklabels()] == ["proportional", "temperature T=3", "round-robin"]
+
+
+@pytest.mark.parametrize("T, num_batches, message", [(0.0, 10, "T must be greater than 0"),
+                                                     (2.0, 0, "num_batches")])
+def test_task_shares_refuse_a_temperature_or_batch_count_that_is_not_positive(T, num_batches, message):
+    from ftlab.viz import plot_task_shares
+
+    with pytest.raises(ValueError, match=message):
+        plot_task_shares({"a": 1, "b": 2}, T=T, num_batches=num_batches)
