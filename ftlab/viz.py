@@ -729,14 +729,15 @@ def plot_continual_sweep(rows, setting: str, ewc_lambda: float, buffer_size: int
     import numpy as np
 
     here = rows[rows.setting == setting]
+    for strategy in ("ewc", "replay"):
+        if not (here.strategy == strategy).any():
+            raise ValueError(f"the sweep has no {setting!r} runs of {strategy}")
     naive = 100 * here.loc[here.strategy == "naive", "forgetting_first"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), sharey=True)
     panels = (("ewc", "ewc_lambda", ewc_lambda, "EWC's lambda"), ("replay", "buffer_size", buffer_size,
                                                                    "replay buffer size (images)"))
     for ax, (strategy, knob, chosen, label) in zip(axes, panels):
         mine = here[here.strategy == strategy]
-        if mine.empty:
-            raise ValueError(f"the sweep has no {setting!r} runs of {strategy}")
         if not naive.empty:
             ax.axhspan(naive.min(), naive.max(), color="grey", alpha=0.2, linewidth=0)
             ax.axhline(naive.mean(), color="grey", linestyle=":", label=f"naive: forgetting of {tasks[0]}")

@@ -70,10 +70,14 @@ def test_continual_sweep_draws_the_mean_over_seeds_against_each_knob_on_a_full_p
     assert ewc.get_xscale() == "log" and "task-incremental" in ewc.get_title()
 
 
-def test_continual_sweep_says_which_runs_are_missing():
+def test_continual_sweep_says_which_runs_are_missing_before_it_opens_a_figure():
+    import matplotlib.pyplot as plt
+
     rows = _sweep()
+    open_before = plt.get_fignums()
     with pytest.raises(ValueError, match="no 'class' runs of ewc"):
         plot_continual_sweep(rows, "class", 1e6, 10)
+    assert plt.get_fignums() == open_before
 
 
 def test_task_shares_draw_the_sampler_probabilities_and_the_expected_batches():
