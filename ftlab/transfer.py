@@ -97,7 +97,7 @@ def compare_pretrained(labels_per_class=(1, 2, 5, 10, 20), seeds=(0, 1, 2), *, p
     models = [pretrained, "scratch"]
     jobs = [(m, search_labels_per_class, seeds[0], lr) for m in models for lr in lrs]
     bar = progress_bar(total=len(jobs) + len(models) * len(labels_per_class) * len(seeds), disable=not progress,
-                       desc="compare_pretrained")
+                       desc="compare_pretrained", unit="runs")
     options = {"num_steps": num_steps, "batch_size": batch_size, "eval_every": eval_every}
 
     search = []
@@ -224,7 +224,7 @@ def compare_freezing(recipes=None, seeds=(0, 1, 2), *, labels_per_class: int | N
     if not isinstance(recipes, dict) or not recipes:
         raise TypeError("recipes must be None, a non-empty list of FREEZE_RECIPES names or a dict name -> recipe")
     rows = []
-    bar = progress_bar(total=len(recipes) * len(seeds), disable=not progress, desc="compare_freezing")
+    bar = progress_bar(total=len(recipes) * len(seeds), disable=not progress, desc="compare_freezing", unit="runs")
     for seed in seeds:
         data = make_digits(labels_per_class, seed=seed)
         loaders = {split: image_loader(data[split], batch_size=250) for split in ("validation", "test", "test_shifted")}
