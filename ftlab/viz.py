@@ -492,7 +492,7 @@ def plot_spread(df, value: str | None = None, by: str = "method", ax=None, perce
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 0.9 + 0.38 * len(means)))
     fig = ax.figure
-    styles = method_styles(list(means.index))
+    styles = method_styles(list(dict.fromkeys(df[by])))  # by first appearance, as the other plots of a figure
     for row, name in enumerate(means.index):
         values = scale * df.loc[df[by] == name, value].astype(float)
         colour, marker = styles[name]

@@ -63,3 +63,19 @@ def test_spread_live_without_a_live_run_is_the_stored_spread_alone():
     stored = pd.DataFrame({"method": ["a", "a", "b"], "test accuracy": [0.5, 0.6, 0.7]})
     fig = plot_spread_live(stored)
     assert len(fig.axes) == 1 and fig.axes[0].get_legend() is None
+
+
+def test_plot_comparison_gives_a_label_the_same_colour_in_both_panels():
+    from matplotlib.colors import to_hex
+
+    from ftlab.viz import plot_comparison
+
+    df = pd.DataFrame({"method": ["head only"] * 2 + ["houlsby"] * 2 + ["pfeiffer"] * 2, "seed": [0, 1] * 3,
+                       "trainable": [10] * 2 + [20] * 2 + [30] * 2, "test accuracy": [0.9, 0.8, 0.5, 0.6, 0.7, 0.75]})
+    spread, params = plot_comparison(df).axes
+    ranked = [t.get_text() for t in spread.get_yticklabels()]  # ordered by mean, not by appearance
+    assert ranked != list(dict.fromkeys(df.method))
+    bars = {ranked[int(line.get_ydata()[0])]: to_hex(line.get_color()) for line in spread.get_lines()}
+    legend = {text.get_text().split(" (")[0]: to_hex(handle.get_color()) for text, handle in
+              zip(params.get_legend().get_texts(), params.get_legend().legend_handles)}
+    assert bars == legend
