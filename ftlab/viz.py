@@ -28,7 +28,8 @@ def plot_memory(rows: Sequence[dict], unit: str = "MB", ax=None):
         values = [row.get(part, 0) / scale for row in rows]
         if not any(values):
             continue
-        ax.bar(names, values, bottom=bottom, label=part.replace("_", " "))
+        ax.bar(names, values, bottom=bottom, label=part.replace("_", " "),
+               color=f"C{MEMORY_PARTS.index(part)}")  # one colour per part in every figure, whichever parts are 0
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_ylabel(f"memory ({unit})")
     ax.set_title("memory of one training step")

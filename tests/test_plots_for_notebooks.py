@@ -79,3 +79,19 @@ def test_plot_comparison_gives_a_label_the_same_colour_in_both_panels():
     legend = {text.get_text().split(" (")[0]: to_hex(handle.get_color()) for text, handle in
               zip(params.get_legend().get_texts(), params.get_legend().legend_handles)}
     assert bars == legend
+
+
+def test_memory_bars_give_each_part_one_colour_whichever_parts_are_zero():
+    from matplotlib.colors import to_hex
+
+    from ftlab.viz import plot_memory
+
+    def colours(rows):
+        ax = plot_memory(rows).axes[0]
+        return {text.get_text(): to_hex(handle.get_facecolor()) for text, handle in
+                zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)}
+
+    full = colours([row("full", weights_trainable=1, gradients=1, optimizer_state=2, activations=1)])
+    lora = colours([row("lora", weights_frozen=1, weights_trainable=1, gradients=1, optimizer_state=2, activations=1)])
+    assert set(lora) - set(full) == {"weights frozen"}
+    assert all(full[part] == lora[part] for part in full)
