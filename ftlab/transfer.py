@@ -17,19 +17,26 @@ BatchNorm variants of head-only training) under one budget, one row per recipe a
 from __future__ import annotations
 
 import copy
+import datetime
+import hashlib
+import inspect
+import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from ftlab.compare import check_seeds
 from ftlab.compare import summarize as summarize_runs
-from ftlab.config import seed_everything
+from ftlab.config import mode, seed_everything
 from ftlab.measure import count_parameters
 from ftlab.methods.freeze import discriminative_param_groups, freeze_to, gradual_unfreezing
 from ftlab.progress import progress as progress_bar
+from ftlab.sweep import RESULTS_DIR, check_writable, checkpoint_hashes, git_commit
 from ftlab.tasks.images import image_loader, make_digits
 from ftlab.train import evaluate, fit
+from ftlab.validate import check_choice
 from ftlab.zoo import load_resnet
 
 
@@ -91,7 +98,7 @@ def compare_pretrained(labels_per_class=(1, 2, 5, 10, 20), seeds=(0, 1, 2), *, p
     models = [pretrained, "scratch"]
     jobs = [(m, search_labels_per_class, seeds[0], lr) for m in models for lr in lrs]
     bar = progress_bar(total=len(jobs) + len(models) * len(labels_per_class) * len(seeds), disable=not progress,
-                       desc="compare_pretrained")
+                       desc="compare_pretrained", unit="runs")
     options = {"num_steps": num_steps, "batch_size": batch_size, "eval_every": eval_every}
 
     search = []
@@ -218,7 +225,7 @@ def compare_freezing(recipes=None, seeds=(0, 1, 2), *, labels_per_class: int | N
     if not isinstance(recipes, dict) or not recipes:
         raise TypeError("recipes must be None, a non-empty list of FREEZE_RECIPES names or a dict name -> recipe")
     rows = []
-    bar = progress_bar(total=len(recipes) * len(seeds), disable=not progress, desc="compare_freezing")
+    bar = progress_bar(total=len(recipes) * len(seeds), disable=not progress, desc="compare_freezing", unit="runs")
     for seed in seeds:
         data = make_digits(labels_per_class, seed=seed)
         loaders = {split: image_loader(data[split], batch_size=250) for split in ("validation", "test", "test_shifted")}
@@ -241,3 +248,103 @@ def compare_freezing(recipes=None, seeds=(0, 1, 2), *, labels_per_class: int | N
     bar.close()
     order = {name: i for i, name in enumerate(recipes)}
     return pd.DataFrame(rows).sort_values("method", key=lambda col: col.map(order), kind="stable", ignore_index=True)
+
+
+# ---------------------------------------------------------------- reference results of compare_freezing (notebook 02)
+# Five seeds of every recipe take about eight minutes of CPU, too long for a classroom run: a command runs them once
+# and ships the rows with their provenance; notebook 02 loads them and runs one seed live against their spread.
+# The folder is apart from data/results/*.csv, whose rows are methods of ftlab.compare (ftlab.sweep's schema).
+
+FREEZING_RESULTS = RESULTS_DIR / "freezing" / "freezing_digits.csv"
+FREEZING_BUDGET = {"num_steps": 60, "lr": 1e-3, "batch_size": 32, "labels_per_class": None}  # the classroom budget
+FREEZING_FAST_BUDGET = {"num_steps": 2, "lr": 1e-3, "batch_size": 8, "labels_per_class": 2}
+FREEZING_COLUMNS = ["method", "seed", "num_steps", "lr", "labels_per_class", "trainable at start", "trainable",
+                    "test accuracy", "shifted accuracy", "validation", "seconds"]
+
+
+def freezing_settings(run_mode: str | None = None) -> dict:
+    """What the rows of a freezing results file depend on besides their seed: the run mode, the budget and each
+    recipe, as the SHA-256 of its source code (an edited recipe makes the stored rows stale)."""
+    run_mode = check_choice("run_mode", run_mode or mode(), ("classroom", "FAST"))
+    budget = FREEZING_BUDGET if run_mode == "classroom" else FREEZING_FAST_BUDGET
+    recipes = {name: hashlib.sha256(inspect.getsource(recipe).encode()).hexdigest()
+               for name, recipe in FREEZE_RECIPES.items()}
+    return {"kind": "freezing", "task": "digits", "mode": run_mode, **budget, "recipes": recipes}
+
+
+def write_freezing_results(seeds=(0, 1, 2, 3, 4), *, path: str | Path = FREEZING_RESULTS, command: str | None = None,
+                           progress: bool = True) -> pd.DataFrame:
+    """Run ``compare_freezing`` with every recipe of ``FREEZE_RECIPES`` for each seed under the budget of the run
+    mode (``FREEZING_BUDGET``; FAST mode: ``FREEZING_FAST_BUDGET``), appending each seed's rows to ``path`` (a CSV
+    with ``FREEZING_COLUMNS``) as it finishes, and the provenance (command, ftlab's commit, torch version and
+    threads, date, the checkpoint's SHA-256, ``freezing_settings``) to the JSON file beside it.
+
+    Resumable: seeds already in the file are skipped. A file made with other settings or another checkpoint is
+    refused before anything runs, and FAST mode refuses to write the shipped file. Returns every row of the file.
+    """
+    seeds = check_seeds(seeds)
+    path = Path(path)
+    if mode() == "FAST" and path.resolve() == FREEZING_RESULTS.resolve():
+        raise ValueError(f"FAST mode (FTLAB_FAST=1) must not write the reference results {FREEZING_RESULTS.name}: "
+                         f"pass another path, or unset FTLAB_FAST")
+    json_path = path.with_suffix(".json")
+    settings, checkpoints = freezing_settings(), checkpoint_hashes("digits")
+    stored = json.loads(json_path.read_text()) if json_path.exists() else {
+        "file": path.name, "columns": FREEZING_COLUMNS, "settings": settings, "checkpoints": checkpoints,
+        "commands": []}
+    if stored["settings"] != settings or stored["checkpoints"] != checkpoints:
+        raise ValueError(f"{json_path} was made with other settings or checkpoints than the current ones "
+                         f"(see check_freezing_results); move {path.name} and {json_path.name} away to start afresh")
+    check_writable([path, json_path])
+    done = set(pd.read_csv(path)["seed"]) if path.exists() else set()
+    stored["commands"].append({"command": command or f"ftlab.transfer.write_freezing_results(seeds={seeds!r})",
+                               "ftlab_commit": git_commit(), "torch": torch.__version__,
+                               "torch_threads": torch.get_num_threads(),
+                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(stored, indent=1) + "\n")
+    budget = {k: settings[k] for k in FREEZING_BUDGET}
+    for seed in [s for s in seeds if s not in done]:
+        rows = compare_freezing(seeds=[seed], **budget).assign(num_steps=budget["num_steps"], lr=budget["lr"],
+                                                                labels_per_class=budget["labels_per_class"])
+        rows[FREEZING_COLUMNS].to_csv(path, mode="a", header=not path.exists(), index=False)
+        if progress:
+            print(f"seed {seed}: " + ", ".join(f"{m} {v:.3f}" for m, v in zip(rows.method, rows["test accuracy"])),
+                  flush=True)
+    return load_freezing_results(path)
+
+
+def load_freezing_results(path: str | Path = FREEZING_RESULTS) -> pd.DataFrame:
+    """The rows of a freezing results file (``compare_freezing``'s columns, one row per recipe and seed), with its
+    provenance in ``df.attrs["provenance"]``. A missing file raises FileNotFoundError naming the command."""
+    path = Path(path)
+    if not path.exists() or not path.with_suffix(".json").exists():
+        raise FileNotFoundError(f"no reference results {path}: make them with python tools/freezing_results.py")
+    rows = pd.read_csv(path)
+    rows.attrs["provenance"] = json.loads(path.with_suffix(".json").read_text())
+    return rows
+
+
+def check_freezing_results(path: str | Path = FREEZING_RESULTS) -> list[str]:
+    """What no longer matches between a freezing results file and the code: the checkpoint's SHA-256, the classroom
+    settings (budget, recipes' code), the columns, and each seed having one row per recipe. Returns the problems,
+    one sentence each (empty: the file is current)."""
+    path = Path(path)
+    stored = json.loads(path.with_suffix(".json").read_text())
+    problems = []
+    current = checkpoint_hashes("digits")
+    for name in sorted(set(current) | set(stored["checkpoints"])):
+        if stored["checkpoints"].get(name) != current.get(name):
+            problems.append(f"checkpoint {name}: made with SHA-256 {stored['checkpoints'].get(name)}, "
+                            f"now {current.get(name)}")
+    settings = freezing_settings("classroom")
+    for name in sorted(set(settings) | set(stored["settings"])):
+        if stored["settings"].get(name) != settings.get(name):
+            problems.append(f"setting {name!r}: made with {stored['settings'].get(name)!r}, now {settings.get(name)!r}")
+    rows = pd.read_csv(path)
+    if list(rows.columns) != FREEZING_COLUMNS:
+        return problems + [f"{path.name}: columns {list(rows.columns)}, expected {FREEZING_COLUMNS}"]
+    for seed, methods in rows.groupby("seed")["method"]:
+        if sorted(methods) != sorted(FREEZE_RECIPES):
+            problems.append(f"seed {seed}: rows for {sorted(methods)}, expected one for each of {list(FREEZE_RECIPES)}")
+    return problems

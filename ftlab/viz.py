@@ -36,7 +36,8 @@ def plot_memory(rows: Sequence[dict], unit: str = "MB", ax=None):
         values = [row.get(part, 0) / scale for row in rows]
         if not any(values):
             continue
-        ax.bar(names, values, bottom=bottom, label=part.replace("_", " "))
+        ax.bar(names, values, bottom=bottom, label=part.replace("_", " "),
+               color=f"C{MEMORY_PARTS.index(part)}")  # one colour per part in every figure, whichever parts are 0
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_ylabel(f"memory ({unit})")
     ax.set_title("memory of one training step")
@@ -500,7 +501,7 @@ def plot_spread(df, value: str | None = None, by: str = "method", ax=None, perce
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 0.9 + 0.38 * len(means)))
     fig = ax.figure
-    styles = method_styles(list(means.index))
+    styles = method_styles(list(dict.fromkeys(df[by])))  # by first appearance, as the other plots of a figure
     for row, name in enumerate(means.index):
         values = scale * df.loc[df[by] == name, value].astype(float)
         colour, marker = styles[name]
@@ -807,6 +808,49 @@ def plot_task_shares(sizes: dict, T: float = 3.0, num_batches: int = 100):
     right.set_ylabel(f"expected batches of {num_batches}")
     right.set_ylim(0, num_batches * 1.08)
     right.legend(fontsize=8)
+# ---- nbA
+
+def plot_step_memory(rows: Sequence[dict], unit: str = "MB", title: str | None = None):
+    """``plot_memory``'s stacked bars (one per row: weights, gradients, optimizer state, activations) with each
+    bar's total written above it; ``title`` replaces the default title."""
+    scale = {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    fig = plot_memory(rows, unit=unit)
+    ax = fig.axes[0]
+    for i, row in enumerate(rows):
+        total = sum(row.get(part, 0) for part in MEMORY_PARTS) / scale
+        ax.annotate(f"{total:,.0f} {unit}", (i, total), ha="center", va="bottom", textcoords="offset points",
+                    xytext=(0, 2), fontsize=8)
+    ax.margins(y=0.1)
+    if title is not None:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_spread_live(df, live=None, values: Sequence[str] = ("test accuracy",), by: str = "method",
+                     percent: bool = True):
+    """One ``plot_spread`` panel per column of ``values``, side by side: the runs of ``df`` (e.g. stored reference
+    results, one row per group and seed) as points, mean and range per group; the rows of ``live`` (your own run,
+    same columns) as black-edged stars on top, so you see where your run falls in the stored spread."""
+    scale = 100 if percent else 1
+    groups = list(dict.fromkeys(df[by]))
+    fig, axes = plt.subplots(1, len(values), figsize=(5.4 * len(values), 1.2 + 0.38 * len(groups)), squeeze=False)
+    styles = method_styles(groups)
+    for ax, value in zip(axes[0], values):
+        plot_spread(df, value=value, by=by, ax=ax, percent=percent)
+        ax.set_title(value, fontsize=10)
+        if live is None:
+            continue
+        names = {str(name): name for name in groups}
+        for row, label in enumerate(ax.get_yticklabels()):  # plot_spread's order: best mean on top
+            name = names[label.get_text()]
+            mine = scale * live.loc[live[by] == name, value].astype(float)
+            ax.scatter(mine, [row] * len(mine), marker="*", s=150, color=styles[name][0], edgecolors="black",
+                       linewidths=0.8, zorder=4)
+    if live is not None:
+        axes[0][-1].scatter([], [], marker="*", s=150, color="white", edgecolors="black", label="your run")
+        axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     plt.close(fig)
     return fig
