@@ -299,13 +299,17 @@ def _record_rates(out: str | Path, rates: dict) -> None:
     json_path.write_text(json.dumps(stored, indent=1) + "\n")
 
 
-def load_results(name: str = "digits", out: str | Path = RESULTS_DIR) -> tuple[pd.DataFrame, dict]:
-    """``(rows, provenance)`` of ``out/overfitting_<name>.csv`` and its JSON file; a missing file names its command."""
+def load_results(name: str = "digits", out: str | Path = RESULTS_DIR) -> pd.DataFrame:
+    """The rows of ``out/overfitting_<name>.csv`` (``"digits"`` or ``"schedules"``) with the provenance in
+    ``df.attrs["provenance"]`` (for ``"digits"`` it holds the chosen ``learning_rates``), as
+    ``ftlab.sweep.load_results``. A missing file raises FileNotFoundError naming the command that makes it."""
     csv_path, json_path = results_paths(name, out)
     if not csv_path.exists() or not json_path.exists():
-        raise FileNotFoundError(f"{csv_path.name} is not there: make it with `python tools/overfitting.py "
-                                f"{'freezing' if name == 'digits' else name}` (about 30 CPU-minutes)")
-    return pd.read_csv(csv_path), json.loads(json_path.read_text())
+        raise FileNotFoundError(f"no reference results {csv_path}: make them with python tools/overfitting.py "
+                                f"{'freezing' if name == 'digits' else name} (about 30 CPU-minutes for both parts)")
+    rows = pd.read_csv(csv_path)
+    rows.attrs["provenance"] = json.loads(json_path.read_text())
+    return rows
 
 
 def at_chosen_rates(rows: pd.DataFrame, rates: dict) -> pd.DataFrame:

@@ -706,3 +706,22 @@ def plot_memory_panels(tables: dict[str, Sequence[dict]], unit: str = "MB"):
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     plt.close(fig)
     return fig
+
+
+def plot_memory_against(baseline: dict, row: dict, unit: str = "MB", title: str | None = None):
+    """Two stacked bars of ``memory_report`` / ``estimate_memory`` parts: a ``baseline`` step and another (``row``),
+    each labelled with its ``name`` (or "baseline" / "yours") and its total, and the ratio of the totals in the
+    title."""
+    scale = {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    rows = [{**baseline, "name": "baseline: " + baseline.get("name", "")},
+            {**row, "name": "yours: " + row.get("name", "")}]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    plot_memory(rows, unit=unit, ax=ax)
+    for x, r in enumerate(rows):
+        ax.annotate(f"{r['total'] / scale:,.1f} {unit}", (x, r["total"] / scale), ha="center", va="bottom", fontsize=9)
+    ax.set_ylim(0, 1.12 * max(r["total"] for r in rows) / scale)
+    ratio = row["total"] / baseline["total"]
+    ax.set_title(f"{title + ': ' if title else ''}{ratio:.2f} of the baseline", fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -86,6 +86,10 @@ def test_a_fast_freezing_sweep_writes_the_columns_and_provenance_and_resumes(tmp
     assert stored["commands"][0]["command"] == "python tools/overfitting.py freezing"
     chosen = at_chosen_rates(rows, rates)
     assert len(chosen) == 4 and set(chosen["labels_per_class"]) == {1, 2}
+    loaded = overfitting.load_results("digits", tmp_path)
+    assert len(loaded) == len(rows) and loaded.attrs["provenance"]["learning_rates"] == rates
+    with pytest.raises(FileNotFoundError, match="python tools/overfitting.py schedules"):
+        overfitting.load_results("schedules", tmp_path)
     again, _ = overfitting.freezing_sweep([0], [1, 2], grid_seeds=[0], out=tmp_path, progress=False)
     assert len(again) == len(rows)  # nothing ran twice
     assert len(json.loads((tmp_path / "overfitting_digits.json").read_text())["commands"]) == 2

@@ -93,3 +93,15 @@ def test_plot_memory_panels_draws_one_panel_per_model_with_one_bar_per_setting()
     assert len(fig.legends) == 1
     with pytest.raises(ValueError, match="at least one table"):
         plot_memory_panels({})
+
+
+def test_plot_memory_against_labels_both_bars_with_their_totals_and_the_ratio():
+    from ftlab.viz import plot_memory_against
+
+    row = {part: 1e6 for part in MEMORY_PARTS}
+    baseline = {**row, "total": 6e6, "name": "fp32"}
+    (ax,) = plot_memory_against(baseline, {**row, "activations": 0.0, "total": 5e6, "name": "fp32"},
+                                title="MiniLM").axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["baseline: fp32", "yours: fp32"]
+    assert [t.get_text() for t in ax.texts] == ["6.0 MB", "5.0 MB"]
+    assert ax.get_title() == "MiniLM: 0.83 of the baseline"

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             print("chosen rates:", {name: entry["lr"] for name, entry in rates.items()})
         else:
             if full_lr is None:
-                full_lr = load_results("digits", options.out)[1]["learning_rates"]["full"]["lr"]
+                full_lr = load_results("digits", options.out).attrs["provenance"]["learning_rates"]["full"]["lr"]
             rows = schedules_sweep(list(range(options.seeds or 3)), full_lr=full_lr, out=options.out,
                                    command=command.strip())
             print(f"schedules: {len(rows)} rows")
