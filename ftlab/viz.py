@@ -688,40 +688,58 @@ def plot_stored_curves(rows, method: str, lr: float):
     return fig
 
 
+def memory_bars(ax, rows: Sequence[dict], unit: str = "MB", parts: Sequence[str] = MEMORY_PARTS):
+    """Stacked bars of ``parts`` (``MEMORY_PARTS``) for ``rows`` (each with a ``name``) on ``ax``, every part in the
+    same colour in every plot (its place in ``MEMORY_PARTS``), so that panels and figures can be compared."""
+    scale = {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    names = [row.get("name", str(i)) for i, row in enumerate(rows)]
+    bottom = [0.0] * len(rows)
+    for part in parts:
+        values = [row.get(part, 0) / scale for row in rows]
+        ax.bar(names, values, bottom=bottom, color=f"C{MEMORY_PARTS.index(part)}", label=part.replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel(f"memory ({unit})")
+
+
+def _parts_present(rows) -> list[str]:
+    return [part for part in MEMORY_PARTS if any(row.get(part, 0) for row in rows)]
+
+
 def plot_memory_panels(tables: dict[str, Sequence[dict]], unit: str = "MB"):
-    """``plot_memory``'s stacked bars for several models side by side, one panel per key of ``tables`` (each a
-    list of ``memory_report`` rows with a ``name``), with one legend for all."""
+    """Stacked memory bars for several models side by side, one panel per key of ``tables`` (each a list of
+    ``memory_report`` rows with a ``name``), one legend for all, each part in the same colour everywhere."""
     if not tables:
         raise ValueError("plot_memory_panels needs at least one table, e.g. {'MiniLM': rows}")
+    parts = _parts_present([row for rows in tables.values() for row in rows])
     widths = [len(rows) for rows in tables.values()]
-    fig, axes = plt.subplots(1, len(tables), figsize=(1.2 * sum(widths) + 3, 4.4), squeeze=False,
+    fig, axes = plt.subplots(1, len(tables), figsize=(1.1 * sum(widths) + 3, 4.4), squeeze=False,
                              gridspec_kw={"width_ratios": widths})
     for ax, (title, rows) in zip(axes[0], tables.items()):
-        plot_memory(rows, unit=unit, ax=ax)
+        memory_bars(ax, rows, unit, parts)
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", labelrotation=60, labelsize=8)
-        ax.get_legend().remove()
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="upper right")
-    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper right")
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
     plt.close(fig)
     return fig
 
 
 def plot_memory_against(baseline: dict, row: dict, unit: str = "MB", title: str | None = None):
     """Two stacked bars of ``memory_report`` / ``estimate_memory`` parts: a ``baseline`` step and another (``row``),
-    each labelled with its ``name`` (or "baseline" / "yours") and its total, and the ratio of the totals in the
-    title."""
+    each labelled with its ``name`` and its total, and the ratio of the totals in the title."""
     scale = {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
     rows = [{**baseline, "name": "baseline: " + baseline.get("name", "")},
             {**row, "name": "yours: " + row.get("name", "")}]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    plot_memory(rows, unit=unit, ax=ax)
+    memory_bars(ax, rows, unit, _parts_present(rows))
     for x, r in enumerate(rows):
         ax.annotate(f"{r['total'] / scale:,.1f} {unit}", (x, r["total"] / scale), ha="center", va="bottom", fontsize=9)
     ax.set_ylim(0, 1.12 * max(r["total"] for r in rows) / scale)
     ratio = row["total"] / baseline["total"]
     ax.set_title(f"{title + ': ' if title else ''}{ratio:.2f} of the baseline", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -91,6 +91,10 @@ def test_plot_memory_panels_draws_one_panel_per_model_with_one_bar_per_setting()
     assert [ax.get_title() for ax in fig.axes] == ["MiniLM", "GPT-2"]
     assert [len(ax.get_xticklabels()) for ax in fig.axes] == [2, 1]
     assert len(fig.legends) == 1
+    gpt2_only = {part: 0.0 if part == "buffers" else 1e6 for part in MEMORY_PARTS}
+    fig = plot_memory_panels({"MiniLM": [{"name": "fp32", **row}], "GPT-2": [{"name": "fp32", **gpt2_only}]})
+    colours = [[bar.get_facecolor() for bar in ax.patches] for ax in fig.axes]
+    assert colours[0] == colours[1], "a part has the same colour in every panel, even where it is 0"
     with pytest.raises(ValueError, match="at least one table"):
         plot_memory_panels({})
 
