@@ -312,6 +312,44 @@ def load_results(name: str = "digits", out: str | Path = RESULTS_DIR) -> pd.Data
     return rows
 
 
+def check_results(json_path: str | Path) -> list[str]:
+    """What no longer matches between a shipped overfitting results file (``.json`` and ``.csv``) and the code, as
+    ``ftlab.sweep.check_results`` for sweeps: the checkpoints' SHA-256, the classroom settings, the columns and,
+    for the freezing sweep, the chosen rates (``choose_rates`` on the grid's rows). Returns one sentence per
+    problem (empty: the file is current)."""
+    json_path = Path(json_path)
+    stored = json.loads(json_path.read_text())
+    if stored["settings"]["kind"] == "overfitting":
+        tasks = ["digits"]
+        settings = freezing_settings(NUM_STEPS, EVAL_EVERY, GRID_LABELS_PER_CLASS, [0, 1, 2])
+    else:
+        tasks = ["digits", "sentiment"]
+        settings = schedules_settings(stored["settings"]["digits"]["lr"], NUM_STEPS, GRID_LABELS_PER_CLASS,
+                                      SENTIMENT_STEPS)
+        settings["digits"]["eval_every"] = EVAL_EVERY
+    settings["mode"] = "classroom"
+    problems, current = [], _checkpoints(tasks)
+    for name in sorted(set(current) | set(stored["checkpoints"])):
+        if stored["checkpoints"].get(name) != current.get(name):
+            problems.append(f"checkpoint {name}: made with SHA-256 {stored['checkpoints'].get(name)}, "
+                            f"now {current.get(name)}")
+    for name in sorted(set(settings) | set(stored["settings"])):
+        if stored["settings"].get(name) != settings.get(name):
+            problems.append(f"setting {name!r}: made with {stored['settings'].get(name)!r}, now {settings.get(name)!r}")
+    rows = pd.read_csv(json_path.with_suffix(".csv"))
+    if list(rows.columns) != ALL_COLUMNS:
+        return problems + [f"{json_path.with_suffix('.csv').name}: columns {list(rows.columns)}, "
+                           f"expected {ALL_COLUMNS}"]
+    if stored["settings"]["kind"] == "overfitting":
+        grid = rows[(rows["labels_per_class"] == GRID_LABELS_PER_CLASS) & rows["seed"].isin(settings["grid_seeds"])
+                    & (rows["weight_decay"] == 0) & (rows["warmup_steps"] == 0)]  # as freezing_sweep chooses
+        for recipe, entry in choose_rates(grid).items():
+            recorded = stored.get("learning_rates", {}).get(recipe, {}).get("lr")
+            if recorded != entry["lr"]:
+                problems.append(f"recipe {recipe}: the file records lr {recorded}, the grid's rows pick {entry['lr']:g}")
+    return problems
+
+
 def at_chosen_rates(rows: pd.DataFrame, rates: dict) -> pd.DataFrame:
     """The freezing sweep's rows trained with each recipe's chosen rate (the grid's other rates left out)."""
     chosen = rows["lr"].round(12) == rows["method"].map({name: entry["lr"] for name, entry in rates.items()})

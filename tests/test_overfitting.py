@@ -157,3 +157,27 @@ def test_plot_lr_finds_puts_each_result_in_its_own_panel():
               "suggestion": 1e-5}
     fig = plot_lr_finds({"full": result, "LoRA": result})
     assert [ax.get_title() for ax in fig.axes] == ["full", "LoRA"]
+
+
+def test_check_results_passes_a_current_file_and_names_a_changed_setting_and_a_rate_the_grid_does_not_pick(tmp_path):
+    from ftlab.sweep import check_results  # the checker every shipped file in data/results goes through
+
+    grid = [{**dict.fromkeys(ALL_COLUMNS), "task": "digits", "method": recipe, "seed": seed, "labels_per_class": 5,
+             "lr": lr, "validation": 0.9 if i == 1 else 0.5, "validation_loss": 0.3, "weight_decay": 0.0,
+             "warmup_steps": 0} for recipe, rates in overfitting.LR_GRID.items() for i, lr in enumerate(rates)
+            for seed in (0, 1, 2)]
+    rows = pd.DataFrame(grid, columns=ALL_COLUMNS)
+    rows.to_csv(tmp_path / "overfitting_digits.csv", index=False)
+    settings = overfitting.freezing_settings(120, 10, 5, [0, 1, 2]) | {"mode": "classroom"}
+    json_path = tmp_path / "overfitting_digits.json"
+    stored = {"settings": settings, "checkpoints": overfitting.checkpoint_hashes("digits"), "commands": [],
+              "learning_rates": choose_rates(rows)}
+    json_path.write_text(json.dumps(stored))
+    assert check_results(json_path) == []
+    stored["settings"]["num_steps"] = 60
+    stored["learning_rates"]["full"]["lr"] = overfitting.LR_GRID["full"][0]
+    json_path.write_text(json.dumps(stored))
+    assert check_results(json_path) == [
+        "setting 'num_steps': made with 60, now 120",
+        f"recipe full: the file records lr {overfitting.LR_GRID['full'][0]}, the grid's rows pick "
+        f"{overfitting.LR_GRID['full'][1]:g}"]
