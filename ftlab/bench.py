@@ -25,6 +25,7 @@ from ftlab.config import pick
 from ftlab.measure import time_step
 from ftlab.methods import lora
 from ftlab.methods.base import merge
+from ftlab.train import checkpointed
 from ftlab.zoo import load_bert
 
 TARGETS = ["query", "value"]
@@ -109,6 +110,29 @@ def bench_lora(*, batch_size: int | None = None, seq_len: int | None = None, r: 
         _print(report["train"], "training step", "ftlab LoRA", "peft LoRA", 1.05)
         _print(report["inference"], "inference", "ftlab merged", "base model", 1.02)
     return report
+
+
+def checkpointing_cost(model: torch.nn.Module, batch, *, repeats: int | None = None, num_steps: int | None = None,
+                       loss_fn=None) -> dict:
+    """Seconds of a training step without and with gradient checkpointing (``ftlab.train.checkpointed``), measured
+    in turns (``interleaved``) so both see the same load on a shared machine.
+
+    Returns ``{"plain": [s per repeat], "checkpointed": [...], "ratios": [checkpointed_i / plain_i], "ratio":
+    median ratio}``. Checkpointing runs each block's forward pass again during backward: with the backward pass
+    about twice a forward, expect a step about 4/3 as long (Chen et al. 2016).
+    """
+    repeats, num_steps = repeats or pick(5, 2), num_steps or pick(3, 1)
+
+    def plain():
+        return time_step(model, batch, loss_fn=loss_fn, num_steps=num_steps, warmup=1)
+
+    def recomputing():
+        with checkpointed(model):
+            return time_step(model, batch, loss_fn=loss_fn, num_steps=num_steps, warmup=1)
+
+    times = interleaved({"plain": plain, "checkpointed": recomputing}, repeats)
+    ratios = [b / a for a, b in zip(times["plain"], times["checkpointed"])]
+    return {**times, "ratios": ratios, "ratio": statistics.median(ratios)}
 
 
 def _print(summary: dict, what: str, ours: str, reference: str, goal: float) -> None:

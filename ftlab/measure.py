@@ -13,13 +13,14 @@ Memory of one training step has four parts:
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 from collections import defaultdict
 
 import torch
 
-from ftlab.train import default_loss, to_device
+from ftlab.train import PRECISIONS, autocast, checkpointed, default_loss, to_device
 from ftlab.validate import check_int, check_number, check_positive_int
 
 # The parts of one training step's memory that memory_report returns, in the order plots stack them.
@@ -210,6 +211,33 @@ def memory_report(model: torch.nn.Module, batch, *, loss_fn=None, optimizer: str
     if name is not None:
         row = {"name": name, **row}
     return row
+
+
+def step_memory(model: torch.nn.Module, batch, *, precision: str = "fp32", gradient_checkpointing: bool = False,
+                loss_fn=None, name: str | None = None) -> dict:
+    """``memory_report`` of one training step as ``ftlab.train.fit`` runs it at ``precision`` and with
+    ``gradient_checkpointing``: the loss under ``autocast`` for "bf16-mixed" and "fp16-mixed" (float32
+    weights), on a bfloat16 copy of the model (and inputs) for "bf16", inside ``checkpointed`` when asked.
+    The model is left as it was. Under autocast the 16-bit copies of the weights that matrix products save
+    for backward count as activations: memory the step holds, though they are not activations.
+    """
+    _check_model(model)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not isinstance(gradient_checkpointing, bool):
+        raise TypeError(f"gradient_checkpointing must be True or False, got {gradient_checkpointing!r}")
+    loss_fn = loss_fn or default_loss
+    device = next(model.parameters()).device
+    if precision == "bf16":
+        model = copy.deepcopy(model).to(torch.bfloat16)
+        batch = to_device(batch, device, torch.bfloat16)
+
+    def loss_at_precision(net, batch):
+        with autocast(precision, device):
+            return loss_fn(net, batch)
+
+    with checkpointed(model) if gradient_checkpointing else contextlib.nullcontext():
+        return memory_report(model, batch, loss_fn=loss_at_precision, name=name)
 
 
 def time_step(model: torch.nn.Module, batch, *, loss_fn=None, lr: float = 1e-3, num_steps: int = 5,

@@ -458,6 +458,10 @@ def check_results(json_path: str | Path, rates_file: str | Path = LEARNING_RATES
         from ftlab.continual import check_sweep  # continual imports this module's helpers
 
         return check_sweep(json_path)
+    if stored["settings"]["kind"].startswith("overfitting"):  # notebook 14's files have their own settings
+        from ftlab import overfitting  # here: ftlab.overfitting imports this module
+
+        return overfitting.check_results(json_path)
     kind, task = stored["settings"]["kind"], stored["settings"]["task"]
     problems = []
     current = checkpoint_hashes(task)

@@ -808,6 +808,11 @@ def plot_task_shares(sizes: dict, T: float = 3.0, num_batches: int = 100):
     right.set_ylabel(f"expected batches of {num_batches}")
     right.set_ylim(0, num_batches * 1.08)
     right.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 # ---- nbA
 
 def plot_step_memory(rows: Sequence[dict], unit: str = "MB", title: str | None = None):
@@ -851,6 +856,145 @@ def plot_spread_live(df, live=None, values: Sequence[str] = ("test accuracy",), 
     if live is not None:
         axes[0][-1].scatter([], [], marker="*", s=150, color="white", edgecolors="black", label="your run")
         axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+# ---- nbF
+
+def plot_lr_finds(results: dict[str, dict]):
+    """Several ``ftlab.lr_find`` results side by side, one panel each (``plot_lr_find``), titled by their keys,
+    on one shared learning-rate axis so that the suggestions can be compared by eye."""
+    if not results:
+        raise ValueError("plot_lr_finds needs at least one lr_find result, e.g. {'full': result}")
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.6), sharex=True, squeeze=False)
+    for ax, (title, result) in zip(axes[0], results.items()):
+        plot_lr_find(result, ax=ax)
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_lr_grid(rows, value: str = "value", by: str = "method", marks: dict[str, float] | None = None,
+                 percent: bool = True):
+    """A learning-rate grid: ``value`` against ``lr`` (log axis), one colour per ``by`` group; every run (seed) a
+    small point, the mean over seeds a line, the range a band. ``marks``: ``{group: rate}`` drawn as a dashed
+    vertical line in the group's colour (e.g. ``lr_find``'s suggestion for each method)."""
+    import numpy as np
+
+    scale = 100 if percent else 1
+    names = list(dict.fromkeys(rows[by]))
+    styles = method_styles(names)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        group = rows[rows[by] == name]
+        stats = group.groupby("lr")[value].agg(["mean", "min", "max", "count"])
+        colour, marker = styles[name]
+        xs = np.asarray(stats.index, dtype=float)
+        ax.fill_between(xs, scale * stats["min"], scale * stats["max"], color=colour, alpha=0.15, linewidth=0)
+        ax.plot(xs, scale * stats["mean"], color=colour, marker=marker, label=f"{name} (n={stats['count'].min()})")
+        ax.scatter(group["lr"], scale * group[value], color=colour, marker=marker, s=14, alpha=0.5, linewidths=0)
+        if marks and name in marks:
+            ax.axvline(marks[name], color=colour, linestyle="--", linewidth=1,
+                       label=f"{name}: lr_find suggests {marks[name]:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(f"{value} (%)" if percent else value)
+    ax.set_title("every seed a point, mean a line, range a band", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_stored_curves(rows, method: str, lr: float):
+    """Training and validation loss of the stored runs of ``method`` at rate ``lr`` (``ftlab.overfitting``'s rows,
+    one label count): each seed a thin line, the mean a thick one. The y axis is the same for every rate of the
+    method, so that rates can be compared by flipping between them."""
+    from ftlab.overfitting import curve_values
+
+    runs = rows[rows["method"] == method]
+    if runs.empty:
+        raise ValueError(f"no runs of {method!r}; the rows have {', '.join(dict.fromkeys(rows['method']))}")
+    chosen = runs[(runs["lr"] - lr).abs() <= 1e-9 * lr]
+    if chosen.empty:
+        raise ValueError(f"no runs of {method!r} at lr {lr:g}; stored rates: "
+                         f"{', '.join(f'{v:g}' for v in sorted(set(runs['lr'])))}")
+    top = max(max(curve_values(c)) for column in ("train_curve", "validation_curve") for c in runs[column])
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for column, colour, label in (("train_curve", "C0", "training loss"), ("validation_curve", "C1",
+                                                                             "validation loss")):
+        curves = [curve_values(c) for c in chosen[column]]
+        steps = curve_values(chosen["eval_steps"].iloc[0])
+        for curve in curves:
+            ax.plot(steps, curve, color=colour, alpha=0.3, linewidth=1)
+        ax.plot(steps, [sum(values) / len(values) for values in zip(*curves)], color=colour, linewidth=2.2,
+                label=f"{label} (mean of {len(curves)} seeds)")
+    accuracy = 100 * chosen["validation"].mean()
+    ax.set_ylim(0, 1.05 * top)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{method}, lr {lr:g}: final validation accuracy {accuracy:.1f}% (mean)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def memory_bars(ax, rows: Sequence[dict], unit: str = "MB", parts: Sequence[str] = MEMORY_PARTS):
+    """Stacked bars of ``parts`` (``MEMORY_PARTS``) for ``rows`` (each with a ``name``) on ``ax``, every part in the
+    same colour in every plot (its place in ``MEMORY_PARTS``), so that panels and figures can be compared."""
+    scale = {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    names = [row.get("name", str(i)) for i, row in enumerate(rows)]
+    bottom = [0.0] * len(rows)
+    for part in parts:
+        values = [row.get(part, 0) / scale for row in rows]
+        ax.bar(names, values, bottom=bottom, color=f"C{MEMORY_PARTS.index(part)}", label=part.replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel(f"memory ({unit})")
+
+
+def _parts_present(rows) -> list[str]:
+    return [part for part in MEMORY_PARTS if any(row.get(part, 0) for row in rows)]
+
+
+def plot_memory_panels(tables: dict[str, Sequence[dict]], unit: str = "MB"):
+    """Stacked memory bars for several models side by side, one panel per key of ``tables`` (each a list of
+    ``memory_report`` rows with a ``name``), one legend for all, each part in the same colour everywhere."""
+    if not tables:
+        raise ValueError("plot_memory_panels needs at least one table, e.g. {'MiniLM': rows}")
+    parts = _parts_present([row for rows in tables.values() for row in rows])
+    widths = [len(rows) for rows in tables.values()]
+    fig, axes = plt.subplots(1, len(tables), figsize=(1.1 * sum(widths) + 3, 4.4), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, (title, rows) in zip(axes[0], tables.items()):
+        memory_bars(ax, rows, unit, parts)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=60, labelsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper right")
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
+    plt.close(fig)
+    return fig
+
+
+def plot_memory_against(baseline: dict, row: dict, unit: str = "MB", title: str | None = None):
+    """Two stacked bars of ``memory_report`` / ``estimate_memory`` parts: a ``baseline`` step and another (``row``),
+    each labelled with its ``name`` and its total, and the ratio of the totals in the title."""
+    scale = {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    rows = [{**baseline, "name": "baseline: " + baseline.get("name", "")},
+            {**row, "name": "yours: " + row.get("name", "")}]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    memory_bars(ax, rows, unit, _parts_present(rows))
+    for x, r in enumerate(rows):
+        ax.annotate(f"{r['total'] / scale:,.1f} {unit}", (x, r["total"] / scale), ha="center", va="bottom", fontsize=9)
+    ax.set_ylim(0, 1.12 * max(r["total"] for r in rows) / scale)
+    ratio = row["total"] / baseline["total"]
+    ax.set_title(f"{title + ': ' if title else ''}{ratio:.2f} of the baseline", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[::-1], labels[::-1], fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     plt.close(fig)
     return fig
