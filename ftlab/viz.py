@@ -651,26 +651,38 @@ def plot_dpo_beta(beta: float = 0.1, compare: Sequence[float] = (0.02, 0.1, 0.5)
 
 def plot_results_spread(rows, metrics: Sequence[str], by: str = "setting", live: dict | None = None):
     """Reference results in the long format of ``ftlab.align.results`` (columns ``setting, seed, iteration, metric,
-    value``), one panel per metric at its last iteration: per group (``by``) every seed a small point, the mean a
-    large marker and the range a bar (``plot_spread``). ``live``: ``{group: {metric: value}}`` of your own run,
-    drawn as black-edged stars, so you see where it falls in the stored spread."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.9 + 0.5 * rows[by].nunique()),
+    value``), one panel per metric at its last iteration, the groups (``by``) in the same order in every panel:
+    every seed a small point, the mean a large marker, the range from the lowest to the highest seed a bar, as in
+    ``plot_spread``. Overlapping bars mean the seeds cannot tell the groups apart. ``live``: ``{group: {metric:
+    value}}`` of your own run, drawn as black-edged stars, so you see where it falls in the stored spread."""
+    groups = list(dict.fromkeys(rows[by]))
+    styles = method_styles(groups)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 1.4 + 0.5 * len(groups)), sharey=True,
                              squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         mine = rows[rows.metric == metric]
         if mine.empty:
             raise ValueError(f"no rows of metric {metric!r}; the table has {', '.join(dict.fromkeys(rows.metric))}")
         last = mine[mine.iteration == mine.groupby(by).iteration.transform("max")]
-        plot_spread(last, value="value", by=by, ax=ax, percent=False)
+        for row, group in enumerate(groups):
+            values = last.loc[last[by] == group, "value"].astype(float)
+            colour, marker = styles[group]
+            ax.plot([values.min(), values.max()], [row, row], color=colour, linewidth=2, alpha=0.6)
+            ax.scatter(values, [row] * len(values), color=colour, marker=marker, s=16, alpha=0.5, linewidths=0)
+            ax.scatter([values.mean()], [row], color=colour, marker=marker, s=70, edgecolors="black",
+                       linewidths=0.6, zorder=3)
+            ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3),
+                        fontsize=7)
+            if live and metric in live.get(group, {}):
+                ax.scatter([live[group][metric]], [row], marker="*", s=170, color="white", edgecolors="black",
+                           linewidths=0.9, zorder=4)
         ax.set_xlabel(metric)
-        positions = {tick.get_text(): tick.get_position()[1] for tick in ax.get_yticklabels()}
-        for group, values in (live or {}).items():
-            if metric in values and group in positions:
-                ax.scatter([values[metric]], [positions[group]], marker="*", s=170, color="white",
-                           edgecolors="black", linewidths=0.9, zorder=4)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.15, y=0.3)
+    axes[0][0].set_yticks(range(len(groups)), groups)
     if live:
         axes[0][-1].scatter([], [], marker="*", s=170, color="white", edgecolors="black", label="your run")
-        axes[0][-1].legend(fontsize=8, loc="lower right")
+        axes[0][-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ from ftlab.align.dpo import DPO_NLL_CLASSROOM, dpo_loss_curve, dpo_nll_sweep
 from ftlab.align.reward import REWARD_CLASSROOM
 from ftlab.align.rlhf import PPO_KL_CLASSROOM, ppo_kl_sweep, right_answers
 from ftlab.align.sft import SFT_CLASSROOM
-from ftlab.viz import plot_dpo_beta
+from ftlab.viz import plot_dpo_beta, plot_ppo_kl, plot_results_spread
 
 SHIPPED = {"ppo_kl": PPO_KL_CLASSROOM, "dpo_nll": DPO_NLL_CLASSROOM}
 
@@ -208,3 +209,43 @@ def test_shipped_reference_results_were_made_with_the_current_settings_and_model
     df = results.load_results(name)
     assert df.groupby("setting").seed.nunique().min() >= 3  # every verdict the notebooks draw rests on 3 seeds
     assert not df.value.isna().any()
+
+
+# ---------------------------------------------------------------- plots of the reference results
+
+def long_rows():
+    """Two settings x 3 seeds, evaluated at iterations 0 and 5, in the long format."""
+    made = []
+    for setting, drift in (("KL penalty 0.5", 1.0), ("no KL penalty", 10.0)):
+        for seed in range(3):
+            for it in (0, 5):
+                made += [{"setting": setting, "seed": seed, "iteration": it, "metric": "kl",
+                          "value": drift * it + seed, "seconds": 1.0},
+                         {"setting": setting, "seed": seed, "iteration": it, "metric": "reward",
+                          "value": 0.1 * it + 0.01 * seed, "seconds": 1.0},
+                         {"setting": setting, "seed": seed, "iteration": it, "metric": "right answers",
+                          "value": 0.8 - it * drift / 100 - 0.01 * seed, "seconds": 1.0}]
+    return pd.DataFrame(made, columns=results.COLUMNS)
+
+
+def test_plot_results_spread_keeps_one_order_and_shows_every_seed_the_range_and_the_live_run():
+    fig = plot_results_spread(long_rows(), ["kl", "right answers"], live={"no KL penalty": {"kl": 52.0}})
+    ax_kl, ax_right = fig.axes
+    assert [t.get_text() for t in ax_kl.get_yticklabels()] == ["KL penalty 0.5", "no KL penalty"]
+    ranges = [line.get_xdata().tolist() for line in ax_kl.get_lines()]
+    assert ranges == [[5.0, 7.0], [50.0, 52.0]]  # the last iteration only: min to max over seeds
+    stars = [c for c in ax_kl.collections if c.get_offsets().shape[0] == 1 and c.get_sizes()[0] == 170]
+    assert [c.get_offsets().tolist() for c in stars] == [[[52.0, 1.0]]]
+    with pytest.raises(ValueError, match="no rows of metric 'loss'"):
+        plot_results_spread(long_rows(), ["loss"])
+
+
+def test_plot_ppo_kl_draws_each_seed_and_the_mean_per_setting_with_the_live_runs():
+    history = {"eval_iteration": [0, 5], "eval_kl": [0.0, 40.0], "eval_reward": [0.0, 0.6], "eval_metric": [0.8, 0.4]}
+    fig = plot_ppo_kl(long_rows(), live={"no KL penalty": history})
+    ax_kl, ax_right = fig.axes
+    means = [line for line in ax_kl.get_lines() if line.get_label().endswith("mean of 3 seeds")]
+    assert [line.get_label() for line in means] == ["KL penalty 0.5: mean of 3 seeds", "no KL penalty: mean of 3 seeds"]
+    assert means[1].get_xydata().tolist() == [[1.0, 0.01], [51.0, 0.51]]  # mean over seeds at iterations 0 and 5
+    assert len(ax_kl.get_lines()) == 2 * (3 + 1) and ax_kl.get_xscale() == "symlog"
+    assert any(c.get_offsets().tolist() == [[0.0, 0.8], [5.0, 0.4]] for c in ax_right.collections)  # live stars
