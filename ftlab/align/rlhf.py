@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
