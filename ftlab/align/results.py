@@ -27,8 +27,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ftlab.sweep import RESULTS_DIR, check_writable, git_commit, sha256
-from ftlab.zoo import DATA_DIR
+from ftlab.sweep import RESULTS_DIR, check_writable, git_commit
+from ftlab.zoo import DATA_DIR, file_sha256
 
 COLUMNS = ["setting", "seed", "iteration", "metric", "value", "seconds"]
 SHIPPED_MODELS = ("sft_tiny", "reward_tiny")
@@ -36,7 +36,8 @@ SHIPPED_MODELS = ("sft_tiny", "reward_tiny")
 
 def shipped_hashes() -> dict[str, str]:
     """SHA-256 of the shipped SFT and reward models' weights, by path: ``{"data/sft_tiny/model.safetensors": ...}``."""
-    return {f"data/{name}/model.safetensors": sha256(DATA_DIR / name / "model.safetensors") for name in SHIPPED_MODELS}
+    return {f"data/{name}/model.safetensors": file_sha256(DATA_DIR / name / "model.safetensors")
+            for name in SHIPPED_MODELS}
 
 
 def results_paths(name: str, out: str | Path = RESULTS_DIR) -> tuple[Path, Path]:
