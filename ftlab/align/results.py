@@ -32,6 +32,9 @@ from ftlab.zoo import DATA_DIR, file_sha256
 
 COLUMNS = ["setting", "seed", "iteration", "metric", "value", "seconds"]
 SHIPPED_MODELS = ("sft_tiny", "reward_tiny")
+# The reference results of this format in data/results, by name, and the function that makes each (the other
+# files there are ftlab.sweep's, with their own format and check).
+MAKERS = {"ppo_kl": "ftlab.align.rlhf.ppo_kl_sweep", "dpo_nll": "ftlab.align.dpo.dpo_nll_sweep"}
 
 
 def shipped_hashes() -> dict[str, str]:
@@ -119,7 +122,7 @@ def load_results(name: str, out: str | Path = RESULTS_DIR) -> pd.DataFrame:
     FileNotFoundError naming the function that makes it."""
     csv_path, json_path = results_paths(name, out)
     if not csv_path.exists() or not json_path.exists():
-        maker = {"ppo_kl": "ftlab.align.rlhf.ppo_kl_sweep", "dpo_nll": "ftlab.align.dpo.dpo_nll_sweep"}.get(name)
+        maker = MAKERS.get(name)
         raise FileNotFoundError(f"no reference results {csv_path.name} in {out}" +
                                 (f": make them with {maker}()" if maker else ""))
     rows = pd.read_csv(csv_path)
