@@ -40,13 +40,26 @@ Strategies (each a small class with hooks; ``Naive`` is the base of the others):
 * ``AdapterPerTask``: a frozen base with one LoRA adapter and head per task (``ftlab.multitask``).
   Earlier tasks' parameters are never trained again, so their outputs cannot change. It needs
   the task id: task-incremental only.
+
+Reference results (too slow for a classroom run): ``sweep_continual`` trains every strategy, EWC at several
+lambdas and replay with several buffer sizes, in both settings over seeds, into
+``data/results/continual_<sequence>.csv`` with its provenance (``python -m ftlab.continual --help``);
+``load_sweep`` reads it, ``sweep_matrices`` averages its accuracy matrices, ``sweep_point`` runs one seed live.
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import csv
 import dataclasses
+import datetime
+import json
+import math
 import random
+import sys
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -56,9 +69,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ftlab.compare import check_seeds
-from ftlab.config import seed_everything
+from ftlab.config import mode, seed_everything
 from ftlab.multitask import MultiHeadModel, Tagged, add_task_adapters, multi_head, select_task
 from ftlab.train import default_loss, evaluate, fit, to_device
+from ftlab.validate import check_number, check_positive_int
 
 SETTINGS = ("task", "class")
 
@@ -558,6 +572,38 @@ SEQUENCE_DEFAULTS = {
 }
 
 
+def check_sequence(sequence: str, setting: str) -> None:
+    """Raise ValueError unless ``sequence`` is one of ``SEQUENCE_DEFAULTS`` and ``setting`` one of ``SETTINGS``."""
+    if sequence not in SEQUENCE_DEFAULTS:
+        raise ValueError(f"sequence must be one of {list(SEQUENCE_DEFAULTS)}, got {sequence!r}")
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+
+
+def run_strategy(sequence: str, setting: str, strategy: Naive, seed: int, *, num_steps: int, lr: float,
+                 adapter_lr: float, progress: bool = False, tokenizer=None) -> dict:
+    """One run of ``compare_strategies``: a fresh pretrained model, fresh loaders of seed ``seed`` and a fresh copy
+    of ``strategy`` (left as it was) on one sequence and setting; returns ``run_sequence``'s result.
+
+    Fresh loaders too: a loader's shuffling generator advances, and every strategy must see the same batches.
+    ``tokenizer``: MiniLM's, for the text sequence (loaded when not given).
+    """
+    from ftlab.zoo import load_bert, load_resnet
+
+    if sequence == "digits":
+        tasks = digit_tasks(seed=seed)
+    else:
+        tasks = text_tasks(tokenizer if tokenizer is not None else load_bert(num_labels=6, seed=seed)[1], seed=seed)
+    scenario = Scenario(tasks, setting)
+    strategy = copy.deepcopy(strategy)
+    seed_everything(seed)
+    model = load_resnet(num_classes=10, seed=seed) if sequence == "digits" else load_bert(num_labels=6, seed=seed)[0]
+    if isinstance(strategy, AdapterPerTask):
+        model = adapter_model(model, tasks, seed=seed, r=8, lora_alpha=16)
+    return run_sequence(model, scenario, strategy, num_steps=num_steps, progress=progress,
+                        lr=adapter_lr if isinstance(strategy, AdapterPerTask) else lr)
+
+
 def compare_strategies(sequence: str = "digits", setting: str = "task", strategies: dict | None = None, *,
                        num_steps: int | None = None, lr: float | None = None, adapter_lr: float | None = None,
                        seeds=(0,), progress: bool = False) -> dict:
@@ -579,12 +625,9 @@ def compare_strategies(sequence: str = "digits", setting: str = "task", strategi
     ``{(name, seed): (T, T) matrix}``. ``ftlab.compare.summarize(result["runs"], "acc")`` gives
     the spread of a column.
     """
-    from ftlab.zoo import load_bert, load_resnet
+    from ftlab.zoo import load_bert
 
-    if sequence not in SEQUENCE_DEFAULTS:
-        raise ValueError(f"sequence must be one of {list(SEQUENCE_DEFAULTS)}, got {sequence!r}")
-    if setting not in SETTINGS:
-        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    check_sequence(sequence, setting)
     seeds = check_seeds(seeds)
     defaults = SEQUENCE_DEFAULTS[sequence]
     num_steps = num_steps or defaults["num_steps"]
@@ -598,19 +641,8 @@ def compare_strategies(sequence: str = "digits", setting: str = "task", strategi
     for seed in seeds:
         tokenizer = load_bert(num_labels=6, seed=seed)[1] if sequence == "text" else None
         for name, pristine in strategies.items():
-            # fresh loaders too: a loader's shuffling generator advances, and every strategy must see the same batches
-            tasks = digit_tasks(seed=seed) if sequence == "digits" else text_tasks(tokenizer, seed=seed)
-            scenario = Scenario(tasks, setting)
-            strategy = copy.deepcopy(pristine)
-            seed_everything(seed)
-            if sequence == "digits":
-                model = load_resnet(num_classes=10, seed=seed)
-            else:
-                model = load_bert(num_labels=6, seed=seed)[0]
-            if isinstance(strategy, AdapterPerTask):
-                model = adapter_model(model, tasks, seed=seed, r=8, lora_alpha=16)
-            result = run_sequence(model, scenario, strategy, num_steps=num_steps, progress=progress,
-                                  lr=adapter_lr if isinstance(strategy, AdapterPerTask) else lr)
+            result = run_strategy(sequence, setting, pristine, seed, num_steps=num_steps, lr=lr,
+                                  adapter_lr=adapter_lr, progress=progress, tokenizer=tokenizer)
             R_runs[name, seed] = result["R"]
             rows.append({"strategy": name, "seed": seed, "setting": setting, "acc": result["acc"],
                          "bwt": result["bwt"], "forgetting": float(result["forgetting"].mean()),
@@ -622,3 +654,282 @@ def compare_strategies(sequence: str = "digits", setting: str = "task", strategi
     summary = summary.assign(n=runs.groupby(["strategy", "setting"], sort=False).size()).reset_index()
     R = {name: np.mean([R_runs[name, seed] for seed in seeds], axis=0) for name in strategies}
     return {"runs": runs, "summary": summary, "R": R, "R_runs": R_runs}
+
+
+# ---------------------------------------------------------------- reference results: EWC's lambda and the buffer size
+
+# The grids of ``sweep_continual``: EWC's lambda (the Fisher's scale differs by sequence, see SEQUENCE_DEFAULTS) and
+# the replay buffer's size in examples (digits 0-4 has about 500 training images).
+SWEEP_GRID = {
+    "digits": {"ewc_lambda": [1e2, 1e3, 1e4, 1e5, 1e6, 1e7], "buffer_size": [10, 30, 100, 300]},
+    "text": {"ewc_lambda": [1e2, 1e3, 1e4, 1e5, 1e6, 1e7], "buffer_size": [10, 30, 100, 300]},
+}
+FISHER_EXAMPLES = 200  # examples in EWC's Fisher (EWC's default max_examples)
+MATRIX_COLUMNS = ["R_0_0", "R_0_1", "R_1_0", "R_1_1"]  # R[i, j] of a two-task sequence, row by row
+SWEEP_COLUMNS = ["sequence", "setting", "strategy", "ewc_lambda", "buffer_size", "seed", "num_steps", "lr", "acc",
+                 "bwt", "forgetting", "forgetting_first", *MATRIX_COLUMNS, "seconds"]
+SWEEP_KEY = ["setting", "strategy", "ewc_lambda", "buffer_size", "seed"]  # what makes a row a different run
+
+
+def sweep_runs(sequence: str, setting: str, ewc_lambdas, buffer_sizes) -> list[tuple[dict, Naive]]:
+    """The runs of a sweep in one setting, as ``[(labels, strategy)]``: naive, EWC at each lambda, replay with each
+    buffer size, LwF and (task-incrementally) one adapter per task. ``labels``: ``strategy`` (the class's
+    ``name``), ``ewc_lambda`` and ``buffer_size`` (None where they do not apply)."""
+    runs = [(Naive(), None, None)]
+    fisher_examples = sweep_settings(sequence)["fisher_examples"]
+    runs += [(EWC(lam, max_examples=fisher_examples), float(lam), None) for lam in ewc_lambdas]
+    runs += [(Replay(size), None, size) for size in buffer_sizes]
+    runs += [(LwF(), None, None)] + ([(AdapterPerTask(), None, None)] if setting == "task" else [])
+    return [({"strategy": strategy.name, "ewc_lambda": lam, "buffer_size": size}, strategy)
+            for strategy, lam, size in runs]
+
+
+def sweep_row(sequence: str, setting: str, labels: dict, strategy: Naive, seed: int) -> dict:
+    """Train one run of the sweep (``run_strategy`` with the classroom budget of ``SEQUENCE_DEFAULTS``, shrunk in
+    FAST mode) and return its row: ``SWEEP_COLUMNS``, the accuracy matrix flattened into ``MATRIX_COLUMNS``."""
+    budget = sweep_budget(sequence)
+    lr = budget["adapter_lr"] if isinstance(strategy, AdapterPerTask) else budget["lr"]
+    start = time.perf_counter()
+    result = run_strategy(sequence, setting, strategy, seed, num_steps=budget["num_steps"], lr=budget["lr"],
+                          adapter_lr=budget["adapter_lr"])
+    R = result["R"]
+    if R.shape != (2, 2):
+        raise ValueError(f"the sweep stores two-task sequences, got an accuracy matrix of shape {R.shape}")
+    return {"sequence": sequence, "setting": setting, **labels, "seed": seed, "num_steps": budget["num_steps"],
+            "lr": lr, "acc": result["acc"], "bwt": result["bwt"], "forgetting": float(result["forgetting"].mean()),
+            "forgetting_first": float(result["forgetting"][0]), **dict(zip(MATRIX_COLUMNS, R.reshape(-1).tolist())),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def sweep_budget(sequence: str, run_mode: str | None = None) -> dict:
+    """``num_steps`` per task, ``lr``, ``adapter_lr`` of a sweep in ``run_mode`` (default the current one): the
+    sequence's classroom defaults, 2 steps per task in FAST mode."""
+    defaults = SEQUENCE_DEFAULTS[sequence]
+    num_steps = 2 if (run_mode or mode()) == "FAST" else defaults["num_steps"]
+    return {"num_steps": num_steps, "lr": defaults["lr"], "adapter_lr": defaults["adapter_lr"]}
+
+
+def sweep_settings(sequence: str, run_mode: str | None = None) -> dict:
+    """What every row of a sweep file depends on besides its key, in ``run_mode`` (default the current one): the
+    budget, the options of the strategies that are not swept, the mode. Two commands may add rows to one file
+    only when these are equal."""
+    run_mode = run_mode or mode()
+    return {"kind": "continual", "sequence": sequence, "mode": run_mode, **sweep_budget(sequence, run_mode),
+            "batch_size": 32 if sequence == "digits" else 16,
+            "fisher_examples": 20 if run_mode == "FAST" else FISHER_EXAMPLES,
+            "lwf": {"alpha": 1.0, "T": 2.0}, "adapters": {"method": "lora", "r": 8, "lora_alpha": 16},
+            "replay_batch_size": "the current batch's size"}
+
+
+def sweep_paths(sequence: str, out: str | Path) -> tuple[Path, Path]:
+    """``(csv, json)`` paths of a sweep's results: ``out/continual_<sequence>.csv`` and ``.json``."""
+    return Path(out) / f"continual_{sequence}.csv", Path(out) / f"continual_{sequence}.json"
+
+
+def _row_key(row) -> tuple:
+    def number(value):
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    return (row["setting"], row["strategy"], number(row["ewc_lambda"]), number(row["buffer_size"]), int(row["seed"]))
+
+
+def sweep_continual(sequence: str = "digits", *, settings=SETTINGS, seeds=(0, 1, 2), ewc_lambdas=None,
+                    buffer_sizes=None, out: str | Path | None = None, command: str | None = None,
+                    progress: bool = True) -> pd.DataFrame:
+    """Every strategy of ``sweep_runs`` (EWC at each of ``ewc_lambdas``, replay with each of ``buffer_sizes``; default
+    ``SWEEP_GRID``) in each setting for each seed, with the classroom budget, into ``out/continual_<sequence>.csv``.
+
+    ``out``: default ``data/results`` (refused in FAST mode). The provenance goes beside it in a ``.json`` (the
+    commands with ftlab's commit, torch version and threads, date; the checkpoint's SHA-256; ``sweep_settings``), as
+    ``ftlab.sweep`` records it. Rows are appended as runs finish and runs already in the file are skipped, so an
+    interrupted command picks up where it stopped. Returns every row of the file.
+    """
+    from ftlab.sweep import RESULTS_DIR, check_writable, checkpoint_hashes, git_commit
+
+    settings = [settings] if isinstance(settings, str) else list(settings)
+    for setting in settings:
+        check_sequence(sequence, setting)
+    seeds = check_seeds(seeds)
+    grid = SWEEP_GRID[sequence]
+    ewc_lambdas = grid["ewc_lambda"] if ewc_lambdas is None else list(ewc_lambdas)
+    buffer_sizes = grid["buffer_size"] if buffer_sizes is None else list(buffer_sizes)
+    for lam in ewc_lambdas:
+        check_number("ewc_lambda", lam, minimum=0)
+    for size in buffer_sizes:
+        check_positive_int("buffer_size", size)
+    out = Path(RESULTS_DIR if out is None else out)
+    if mode() == "FAST" and out.resolve() == Path(RESULTS_DIR).resolve():
+        raise ValueError("FAST mode (FTLAB_FAST=1) must not write the reference results in data/results: pass another "
+                         "out folder, or unset FTLAB_FAST")
+    csv_path, json_path = sweep_paths(sequence, out)
+    check_writable([csv_path, json_path])
+    checkpoints = checkpoint_hashes("digits" if sequence == "digits" else "sentiment")
+    stored = {"file": csv_path.name, "columns": SWEEP_COLUMNS, "settings": sweep_settings(sequence),
+              "checkpoints": checkpoints, "grid": {"ewc_lambda": [], "buffer_size": []}, "commands": []}
+    if json_path.exists():
+        found = json.loads(json_path.read_text())
+        if found.get("settings") != stored["settings"] or found.get("checkpoints") != checkpoints:
+            raise ValueError(f"{json_path} was made with other settings or checkpoints than the current ones (see "
+                             f"check_sweep); move {csv_path.name} and {json_path.name} away to start afresh")
+        stored = found
+    done = set()
+    if csv_path.exists():
+        rows = pd.read_csv(csv_path)
+        if list(rows.columns) != SWEEP_COLUMNS:
+            raise ValueError(f"{csv_path} has columns {list(rows.columns)}, expected {SWEEP_COLUMNS}")
+        done = {_row_key(row) for row in rows.to_dict("records")}
+    command = command or (f"ftlab.continual.sweep_continual({sequence!r}, settings={settings!r}, seeds={seeds!r}, "
+                          f"ewc_lambdas={ewc_lambdas!r}, buffer_sizes={buffer_sizes!r})")
+    stored["commands"].append({"command": command, "ftlab_commit": git_commit(), "torch": torch.__version__,
+                               "torch_threads": torch.get_num_threads(),
+                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    for name, values in (("ewc_lambda", ewc_lambdas), ("buffer_size", buffer_sizes)):
+        stored["grid"][name] = sorted(set(stored["grid"][name]) | {float(v) if name == "ewc_lambda" else v
+                                                                    for v in values})
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(stored, indent=1) + "\n")
+    for seed in seeds:
+        for setting in settings:
+            for labels, strategy in sweep_runs(sequence, setting, ewc_lambdas, buffer_sizes):
+                if _row_key({"setting": setting, "seed": seed, **labels}) in done:
+                    continue
+                row = sweep_row(sequence, setting, labels, strategy, seed)
+                new = not csv_path.exists()
+                with open(csv_path, "a", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS)
+                    if new:
+                        writer.writeheader()
+                    writer.writerow(row)
+                if progress:
+                    knob = (f" lambda {row['ewc_lambda']:g}" if row["ewc_lambda"] is not None else
+                            f" buffer {row['buffer_size']}" if row["buffer_size"] is not None else "")
+                    print(f"  {setting:5s} {row['strategy']}{knob} seed {seed}: forgetting {row['forgetting']:.3f}, "
+                          f"acc {row['acc']:.3f} ({row['seconds']:.0f} s)", flush=True)
+    return load_sweep(sequence, out)
+
+
+def load_sweep(sequence: str = "digits", out: str | Path | None = None) -> pd.DataFrame:
+    """The rows of ``out/continual_<sequence>.csv`` (default ``data/results``), provenance in
+    ``df.attrs["provenance"]``. A missing file raises FileNotFoundError naming the command that makes it."""
+    from ftlab.sweep import RESULTS_DIR
+
+    csv_path, json_path = sweep_paths(sequence, RESULTS_DIR if out is None else out)
+    if not csv_path.exists() or not json_path.exists():
+        raise FileNotFoundError(f"no reference results {csv_path.name} in {csv_path.parent}: make them with "
+                                f"python -m ftlab.continual --sequence {sequence} (see --help)")
+    rows = pd.read_csv(csv_path)
+    rows.attrs["provenance"] = json.loads(json_path.read_text())
+    return rows
+
+
+def check_sweep(json_path: str | Path) -> list[str]:
+    """What no longer matches between a shipped sweep file (its ``.json`` and ``.csv``) and the code: the
+    checkpoint's SHA-256, ``sweep_settings`` in classroom mode, the columns. Empty: the file is current."""
+    from ftlab.sweep import checkpoint_hashes
+
+    json_path = Path(json_path)
+    stored = json.loads(json_path.read_text())
+    sequence = stored["settings"]["sequence"]
+    problems = []
+    current = checkpoint_hashes("digits" if sequence == "digits" else "sentiment")
+    for name in sorted(set(current) | set(stored["checkpoints"])):
+        if stored["checkpoints"].get(name) != current.get(name):
+            problems.append(f"checkpoint {name}: made with SHA-256 {stored['checkpoints'].get(name)}, "
+                            f"now {current.get(name)}")
+    settings = sweep_settings(sequence, "classroom")
+    for name in sorted(set(settings) | set(stored["settings"])):
+        if stored["settings"].get(name) != settings.get(name):
+            problems.append(f"setting {name!r}: made with {stored['settings'].get(name)!r}, now {settings.get(name)!r}")
+    rows = pd.read_csv(json_path.with_suffix(".csv"))
+    if list(rows.columns) != SWEEP_COLUMNS:
+        problems.append(f"{json_path.with_suffix('.csv').name}: columns {list(rows.columns)}, expected {SWEEP_COLUMNS}")
+    return problems
+
+
+def sweep_point(ewc_lambda: float, buffer_size: int, setting: str = "task", *, seed: int = 0,
+                sequence: str = "digits") -> pd.DataFrame:
+    """Train EWC with ``ewc_lambda`` and replay with ``buffer_size`` for one seed, as the sweep does (a live run to
+    draw over the stored sweep); returns their two rows (``SWEEP_COLUMNS``)."""
+    check_sequence(sequence, setting)
+    check_number("ewc_lambda", ewc_lambda, minimum=0)
+    check_positive_int("buffer_size", buffer_size)
+    runs = [run for run in sweep_runs(sequence, setting, [ewc_lambda], [buffer_size])
+            if run[0]["strategy"] in ("ewc", "replay")]
+    return pd.DataFrame([sweep_row(sequence, setting, labels, strategy, seed) for labels, strategy in runs],
+                        columns=SWEEP_COLUMNS)
+
+
+def mean_matrix(rows: pd.DataFrame) -> np.ndarray:
+    """The mean (2, 2) accuracy matrix of rows of the sweep's schema (``MATRIX_COLUMNS``), e.g. over seeds."""
+    return rows[MATRIX_COLUMNS].to_numpy(dtype=float).mean(axis=0).reshape(2, 2)
+
+
+def mean_matrices(rows: pd.DataFrame, by: str = "strategy") -> dict:
+    """``{group: mean_matrix of its rows}`` for each group of column ``by`` (e.g. the seeds of each strategy), in the
+    order the groups first appear."""
+    return {name: mean_matrix(group) for name, group in rows.groupby(by, sort=False)}
+
+
+def default_rows(rows: pd.DataFrame, sequence: str = "digits") -> pd.DataFrame:
+    """The rows of a sweep (``load_sweep``) of ``compare_strategies``' default strategies: naive, EWC at the
+    sequence's default ``ewc_lambda``, replay with its default ``buffer_size``, LwF and one adapter per task."""
+    defaults = SEQUENCE_DEFAULTS[sequence]
+    keep = (rows.strategy.isin(["naive", "lwf", "adapters"])
+            | ((rows.strategy == "ewc") & np.isclose(rows.ewc_lambda, defaults["ewc_lambda"]))
+            | ((rows.strategy == "replay") & (rows.buffer_size == defaults["buffer_size"])))
+    return rows[keep].reset_index(drop=True)
+
+
+def as_sweep_rows(result: dict, strategies: dict) -> pd.DataFrame:
+    """``compare_strategies``' result as rows of the sweep's schema, to draw a live run over ``load_sweep``'s rows:
+    ``strategy`` (the key of ``strategies``), ``setting``, ``seed``, ``ewc_lambda`` and ``buffer_size`` read from the
+    strategy (None where it has none), the metrics, and the accuracy matrix in ``MATRIX_COLUMNS``."""
+    rows = []
+    for run in result["runs"].to_dict("records"):
+        strategy = strategies[run["strategy"]]
+        R = result["R_runs"][run["strategy"], run["seed"]]
+        rows.append({**run, "ewc_lambda": strategy.ewc_lambda if isinstance(strategy, EWC) else None,
+                     "buffer_size": strategy.buffer.size if isinstance(strategy, Replay) else None,
+                     **dict(zip(MATRIX_COLUMNS, np.asarray(R).reshape(-1).tolist()))})
+    return pd.DataFrame(rows)
+
+
+def sweep_matrices(rows: pd.DataFrame, setting: str, ewc_lambda: float, buffer_size: int) -> dict:
+    """``{"naive": R, "EWC lambda=...": R, "replay, ... images": R}``: the mean accuracy matrix (2, 2) over the
+    seeds of naive fine-tuning, EWC at ``ewc_lambda`` and replay with ``buffer_size`` in ``setting``, from the rows
+    of a sweep (``load_sweep``). Raises ValueError when the sweep has no such run."""
+    rows = rows[rows.setting == setting]
+    chosen = {"naive": rows[rows.strategy == "naive"],
+              f"EWC, lambda={ewc_lambda:.0e}": rows[(rows.strategy == "ewc") & np.isclose(rows.ewc_lambda, ewc_lambda)],
+              f"replay, {buffer_size} images": rows[(rows.strategy == "replay") & (rows.buffer_size == buffer_size)]}
+    for name, picked in chosen.items():
+        if picked.empty:
+            grid = {key: sorted(rows[key].dropna().unique().tolist()) for key in ("ewc_lambda", "buffer_size")}
+            raise ValueError(f"the sweep has no {setting!r} runs for {name}; it has ewc_lambda {grid['ewc_lambda']} "
+                             f"and buffer_size {grid['buffer_size']}")
+    return {name: mean_matrix(picked) for name, picked in chosen.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ftlab.continual``: the sweep of ``sweep_continual`` (see ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ftlab.continual",
+        description="Reference results of continual fine-tuning: every strategy, EWC at each lambda and replay with "
+                    "each buffer size, in both settings, over seeds, into OUT/continual_<sequence>.csv (+ .json "
+                    "provenance). Resumable: runs already in the file are skipped.")
+    parser.add_argument("--sequence", default="digits", choices=list(SEQUENCE_DEFAULTS))
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--settings", default="task,class", help="comma-separated: task, class (default both)")
+    parser.add_argument("--ewc-lambdas", default=None, help="comma-separated (default SWEEP_GRID's)")
+    parser.add_argument("--buffer-sizes", default=None, help="comma-separated (default SWEEP_GRID's)")
+    parser.add_argument("--out", default=None, help="folder (default data/results; FAST mode needs another)")
+    args = parser.parse_args(argv)
+    lambdas = None if args.ewc_lambdas is None else [float(v) for v in args.ewc_lambdas.split(",")]
+    sizes = None if args.buffer_sizes is None else [int(v) for v in args.buffer_sizes.split(",")]
+    command = "python -m ftlab.continual " + " ".join(sys.argv[1:] if argv is None else argv)
+    sweep_continual(args.sequence, settings=args.settings.split(","), seeds=list(range(args.seeds)),
+                    ewc_lambdas=lambdas, buffer_sizes=sizes, out=args.out, command=command.strip())
+
+
+if __name__ == "__main__":
+    main()

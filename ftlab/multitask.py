@@ -415,3 +415,33 @@ def compare_sampling(tasks: dict[str, dict] | None = None, *, num_steps: int = 8
                              "batches": order.count(task)})
     first = {pair: i for i, pair in enumerate(dict.fromkeys((row["training"], row["task"]) for row in rows))}
     return pd.DataFrame(sorted(rows, key=lambda row: first[row["training"], row["task"]]))  # stable: seeds in order
+
+
+def compare_task_adapters(tasks: dict[str, dict] | None = None, *, num_steps: int = 80, lr: float = 3e-3,
+                          batch_size: int = 32, method: str = "lora", seeds=(0,), progress: bool = False,
+                          **options) -> pd.DataFrame:
+    """One ``method`` adapter per task on the frozen glyph ResNet-18 (``add_task_adapters`` with ``options``), each
+    trained alone for ``num_steps`` steps (``train_task_adapters``, warm-up over the first 10%, cosine decay), per
+    seed: rows as ``compare_sampling``'s, to put beside its table. ``training`` is ``"adapter per task, <method>"``
+    (plus ``r``), ``share`` 1 and ``batches`` ``num_steps``. ``tasks``: as in ``compare_sampling``."""
+    from ftlab.tasks.images import image_loader
+    from ftlab.zoo import load_resnet
+
+    seeds = check_seeds(seeds)
+    name = f"adapter per task, {method}" + (f" r={options['r']}" if "r" in options else "")
+    rows = []
+    for seed in seeds:
+        data = tasks if tasks is not None else image_tasks(seed=seed)
+        seed_everything(seed)
+        model = add_task_adapters(multi_head(load_resnet(num_classes=None),
+                                             {t: d["num_classes"] for t, d in data.items()}, seed=seed),
+                                  method, **options)
+        train = {t: image_loader(d["train"], batch_size=min(batch_size, len(d["train"])), shuffle=True, seed=seed)
+                 for t, d in data.items()}
+        train_task_adapters(model, train, num_steps=num_steps, lr=lr, warmup_steps=max(1, num_steps // 10),
+                            progress=progress)
+        for task, d in data.items():
+            accuracy = evaluate(model, Tagged(image_loader(d["test"], batch_size=250), task))["accuracy"]
+            rows.append({"training": name, "task": task, "seed": seed, "accuracy": accuracy, "share": 1.0,
+                         "batches": num_steps})
+    return pd.DataFrame(sorted(rows, key=lambda row: list(data).index(row["task"])))  # by task, seeds in order

@@ -449,10 +449,15 @@ def check_results(json_path: str | Path, rates_file: str | Path = LEARNING_RATES
     Checks: the checkpoints' SHA-256 and the settings (``run_settings``, classroom mode) equal the
     current ones; the CSV has ``COLUMNS``; a sweep's rows use the current learning rates; for a
     grid, each tuned method's rate in ``rates_file`` is the one ``choose_rate`` picks from the grid's
-    rows. Returns the problems found, one sentence each (empty: the file is current).
+    rows. Returns the problems found, one sentence each (empty: the file is current). A continual sweep's file
+    (``kind`` ``"continual"``) is checked by ``ftlab.continual.check_sweep``.
     """
     json_path = Path(json_path)
     stored = json.loads(json_path.read_text())
+    if stored["settings"]["kind"] == "continual":
+        from ftlab.continual import check_sweep  # continual imports this module's helpers
+
+        return check_sweep(json_path)
     kind, task = stored["settings"]["kind"], stored["settings"]["task"]
     problems = []
     current = checkpoint_hashes(task)

@@ -661,6 +661,157 @@ def plot_round_trip(result: dict, weight_std: float, reference: dict | None = No
     return fig
 
 
+# ---- nbC
+
+def plot_spread_panels(df, value: str, by: str, panel: str, *, absent: dict | None = None, live=None,
+                       percent: bool = True, xlabel: str | None = None, title: str | None = None):
+    """Runs over seeds, one panel per value of column ``panel`` (e.g. a task or a setting), one row per group
+    (``by``): every run a small point, the mean a large marker, the range from the lowest to the highest run a bar,
+    the number of runs beside it, as in ``plot_spread``. Rows keep the order of ``df`` in every panel, so a row is
+    the same group everywhere. A group with no runs in a panel is listed there in grey with the reason
+    ``absent[group]`` (default "no runs"), so a missing result never reads as a zero. ``live``: rows of your own
+    run (same columns), drawn as black-edged stars."""
+    absent = absent or {}
+    scale = 100 if percent else 1
+    panels = list(dict.fromkeys(df[panel]))
+    groups = list(dict.fromkeys(df[by]))
+    if not panels:
+        raise ValueError("plot_spread_panels needs at least one row")
+    styles = method_styles(groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 1.0 + 0.45 * len(groups)),
+                             sharex=True, sharey=True, squeeze=False)
+    rows_of = {g: len(groups) - 1 - k for k, g in enumerate(groups)}  # first group on top
+    for ax, name in zip(axes[0], panels):
+        here = df[df[panel] == name]
+        for group in groups:
+            values = scale * here.loc[here[by] == group, value].astype(float)
+            row = rows_of[group]
+            if values.empty:
+                ax.annotate(f"none: {absent.get(group, 'no runs')}", (0.02, row), xycoords=("axes fraction", "data"),
+                            va="center", fontsize=8, color="grey", style="italic")
+                continue
+            colour, marker = styles[group]
+            ax.plot([values.min(), values.max()], [row, row], color=colour, linewidth=2, alpha=0.6)
+            ax.scatter(values, [row] * len(values), color=colour, marker=marker, s=18, alpha=0.5, linewidths=0)
+            ax.scatter([values.mean()], [row], color=colour, marker=marker, s=70, edgecolors="black",
+                       linewidths=0.6, zorder=3)
+            ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3),
+                        fontsize=7)
+            if live is not None:
+                mine = live[(live[panel] == name) & (live[by] == group)]
+                ax.scatter(scale * mine[value].astype(float), [row] * len(mine), color=colour, marker="*", s=150,
+                           edgecolors="black", linewidths=0.8, zorder=4)
+        ax.set_title(str(name), fontsize=10)
+        ax.set_xlabel(xlabel or (f"{value} (%)" if percent else value))
+        ax.grid(axis="x", alpha=0.3)
+        ax.axvline(0, color="black", linewidth=0.6)
+    axes[0][0].set_yticks([rows_of[g] for g in groups], [str(g) for g in groups])
+    axes[0][0].set_ylim(-0.6, len(groups) - 0.4)
+    axes[0][0].margins(x=0.12)
+    if live is not None:
+        axes[0][-1].scatter([], [], color="white", marker="*", s=150, edgecolors="black", label="your run")
+        axes[0][-1].legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_continual_sweep(rows, setting: str, ewc_lambda: float, buffer_size: int, live=None,
+                         tasks: Sequence[str] = ("the first task", "the second task")):
+    """The stability-plasticity trade-off of EWC and replay from a continual sweep (``ftlab.continual.load_sweep``):
+    forgetting of the first task (solid) and accuracy on the second task right after training it (``R[1, 1]``,
+    dashed) against EWC's lambda (left) and the replay buffer size (right), in one ``setting``. Mean over seeds as a
+    line, range as a band; naive fine-tuning's forgetting as a grey band across (mean dotted); the chosen
+    ``ewc_lambda`` and ``buffer_size`` as vertical lines. ``live``: rows of your own run, drawn as stars. The y axis
+    spans the whole 0-100% range."""
+    import numpy as np
+
+    here = rows[rows.setting == setting]
+    for strategy in ("ewc", "replay"):
+        if not (here.strategy == strategy).any():
+            raise ValueError(f"the sweep has no {setting!r} runs of {strategy}")
+    naive = 100 * here.loc[here.strategy == "naive", "forgetting_first"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), sharey=True)
+    panels = (("ewc", "ewc_lambda", ewc_lambda, "EWC's lambda"), ("replay", "buffer_size", buffer_size,
+                                                                   "replay buffer size (images)"))
+    for ax, (strategy, knob, chosen, label) in zip(axes, panels):
+        mine = here[here.strategy == strategy]
+        if not naive.empty:
+            ax.axhspan(naive.min(), naive.max(), color="grey", alpha=0.2, linewidth=0)
+            ax.axhline(naive.mean(), color="grey", linestyle=":", label=f"naive: forgetting of {tasks[0]}")
+        for column, style, colour, name in (("forgetting_first", "-", "C3", f"forgetting of {tasks[0]}"),
+                                            ("R_1_1", "--", "C0", f"accuracy on {tasks[1]} after learning it")):
+            stats = mine.groupby(knob)[column].agg(["mean", "min", "max", "count"])
+            xs = np.asarray(stats.index, dtype=float)
+            ax.fill_between(xs, 100 * stats["min"], 100 * stats["max"], color=colour, alpha=0.15, linewidth=0)
+            ax.plot(xs, 100 * stats["mean"], style, color=colour, marker="o", markersize=4,
+                    label=f"{name} (n={stats['count'].min()})")
+            if live is not None:
+                points = live[(live.setting == setting) & (live.strategy == strategy)]
+                ax.scatter(points[knob].astype(float), 100 * points[column], color=colour, marker="*", s=160,
+                           edgecolors="black", linewidths=0.8, zorder=4)
+        ax.axvline(chosen, color="black", linewidth=1)
+        ax.set_xscale("log")
+        ticks = sorted(set(mine[knob]))
+        ax.set_xticks(ticks, [f"{t:.0e}" if knob == "ewc_lambda" else f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel(f"{label} (log scale); line: {chosen:.0e}" if knob == "ewc_lambda" else
+                      f"{label} (log scale); line: {chosen:g}")
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[0].set_title(f"EWC, {setting}-incremental", fontsize=10)
+    axes[1].set_title(f"replay, {setting}-incremental", fontsize=10)
+    if live is not None:
+        axes[1].scatter([], [], color="white", marker="*", s=160, edgecolors="black", label="your run")
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_task_shares(sizes: dict, T: float = 3.0, num_batches: int = 100):
+    """How a temperature sampler shares the batches among tasks of ``sizes`` (``{task: training examples}``): left,
+    each task's probability ``p_i`` (``ftlab.multitask.task_probabilities``) against the temperature (log scale,
+    1 = proportional, large = round-robin), the chosen ``T`` as a vertical line; right, each task's expected number
+    of batches among ``num_batches`` for proportional, temperature ``T`` and round-robin sampling."""
+    import numpy as np
+
+    from ftlab.multitask import task_probabilities
+    from ftlab.validate import check_number, check_positive_int
+
+    check_number("T", T, minimum=0, strict_minimum=True)
+    check_positive_int("num_batches", num_batches)
+    temperatures = np.geomspace(1.0, 100.0, 60)
+    curves = [task_probabilities(sizes, "temperature", float(t)) for t in temperatures]
+    samplers = {"proportional": task_probabilities(sizes, "proportional"),
+                f"temperature T={T:g}": task_probabilities(sizes, "temperature", T),
+                "round-robin": task_probabilities(sizes, "round_robin")}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for k, task in enumerate(sizes):
+        left.plot(temperatures, [curve[task] for curve in curves], color=f"C{k}", label=f"{task} ({sizes[task]:,})")
+        heights = [num_batches * p[task] for p in samplers.values()]
+        xs = np.arange(len(samplers)) + (k - (len(sizes) - 1) / 2) * 0.8 / len(sizes)
+        bars = right.bar(xs, heights, width=0.8 / len(sizes), color=f"C{k}", label=task)
+        right.bar_label(bars, [f"{h:.0f}" for h in heights], fontsize=8)
+    left.axvline(T, color="black", linewidth=1)
+    left.set_xscale("log")
+    left.set_ylim(0, 1)
+    left.set_xlabel(f"temperature T (log scale); line: T={T:g}")
+    left.set_ylabel("share of the batches p_i")
+    left.legend(fontsize=8, title="task (training examples)", title_fontsize=8)
+    left.grid(alpha=0.3)
+    right.set_xticks(range(len(samplers)), list(samplers), fontsize=9)
+    right.set_ylabel(f"expected batches of {num_batches}")
+    right.set_ylim(0, num_batches * 1.08)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 # ---- nbD
 
 def plot_dpo_beta(beta: float = 0.1, compare: Sequence[float] = (0.02, 0.1, 0.5), span: float = 50.0):

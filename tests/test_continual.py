@@ -1,5 +1,6 @@
 """Continual learning: metrics, EWC, replay, LwF and one adapter per task, against hand computations."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -392,3 +393,139 @@ def test_lwf_distillation_is_zero_at_the_start_of_a_task_with_batchnorm_in_train
     with torch.no_grad():
         torch.testing.assert_close(lwf.loss(model, (x, y), scenario, 1), scenario.cross_entropy(model(x), y, 1),
                                    rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the reference sweep (EWC's lambda, buffer size)
+
+def test_the_sweep_command_writes_one_row_per_run_with_provenance_and_resumes_without_rerunning(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from ftlab.continual import MATRIX_COLUMNS, SWEEP_COLUMNS, load_sweep, main
+    from ftlab.sweep import checkpoint_hashes
+
+    argv = ["--settings", "class", "--seeds", "1", "--ewc-lambdas", "1e6", "--buffer-sizes", "10", "--out",
+            str(tmp_path)]
+    main(argv)
+    rows = load_sweep("digits", tmp_path)
+    assert list(rows.columns) == SWEEP_COLUMNS
+    assert list(rows.strategy) == ["naive", "ewc", "replay", "lwf"]  # no adapters: they need the task id
+    assert rows.ewc_lambda.tolist()[1] == 1e6 and rows.buffer_size.tolist()[2] == 10
+    assert rows.ewc_lambda.isna().tolist() == [True, False, True, True]
+    assert (rows.setting == "class").all() and (rows.seed == 0).all() and (rows.num_steps == 2).all()
+    R = rows[MATRIX_COLUMNS].to_numpy().reshape(-1, 2, 2)
+    np.testing.assert_allclose(rows.forgetting_first, R[:, 0, 0] - R[:, 1, 0])
+    np.testing.assert_allclose(rows.acc, R[:, 1].mean(axis=1))
+    provenance = rows.attrs["provenance"]
+    assert provenance["checkpoints"] == checkpoint_hashes("digits")
+    assert provenance["settings"]["mode"] == "FAST" and provenance["settings"]["num_steps"] == 2
+    assert provenance["commands"][0]["command"] == "python -m ftlab.continual " + " ".join(argv)
+    assert {"ftlab_commit", "torch", "torch_threads", "date"} <= set(provenance["commands"][0])
+    main(argv[:-4] + ["--buffer-sizes", "10,20", "--out", str(tmp_path)])  # one new run: replay with 20
+    again = load_sweep("digits", tmp_path)
+    pd.testing.assert_frame_equal(again.iloc[:4], rows)
+    assert again.buffer_size.tolist()[4] == 20 and len(again) == 5
+    stored = json.loads((tmp_path / "continual_digits.json").read_text())
+    assert len(stored["commands"]) == 2 and stored["grid"] == {"ewc_lambda": [1e6], "buffer_size": [10, 20]}
+
+
+def test_the_sweep_refuses_bad_grids_data_results_in_fast_mode_and_other_settings_before_training(tmp_path):
+    import json
+
+    from ftlab.continual import sweep_continual
+
+    with pytest.raises(ValueError, match="FAST mode .* must not write the reference results"):
+        sweep_continual("digits", seeds=[0])
+    with pytest.raises(ValueError, match="buffer_size must be"):
+        sweep_continual("digits", buffer_sizes=[0], out=tmp_path)
+    with pytest.raises(ValueError, match="ewc_lambda must be at least 0"):
+        sweep_continual("digits", ewc_lambdas=[-1.0], out=tmp_path)
+    with pytest.raises(ValueError, match="setting must be one of"):
+        sweep_continual("digits", settings=["domain"], out=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "continual_digits.json").write_text(json.dumps({"settings": {"num_steps": 999}, "checkpoints": {}}))
+    with pytest.raises(ValueError, match="other settings or checkpoints"):
+        sweep_continual("digits", out=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["continual_digits.json"]
+
+
+def _sweep_rows():
+    import pandas as pd
+
+    from ftlab.continual import MATRIX_COLUMNS
+
+    rows = []
+    for seed, shift in enumerate((0.0, 0.2)):
+        for strategy, lam, size in (("naive", None, None), ("ewc", 1e6, None), ("ewc", 1e7, None),
+                                    ("replay", None, 10)):
+            R = [1.0 - shift, 0.1, 0.5 + (lam or 0) / 1e8 + (size or 0) / 100, 0.9]
+            rows.append({"setting": "task", "strategy": strategy, "ewc_lambda": lam, "buffer_size": size,
+                         "seed": seed, **dict(zip(MATRIX_COLUMNS, R))})
+    return pd.DataFrame(rows)
+
+
+def test_sweep_matrices_are_the_mean_over_seeds_of_the_chosen_runs():
+    from ftlab.continual import sweep_matrices
+
+    matrices = sweep_matrices(_sweep_rows(), "task", 1e7, 10)
+    assert list(matrices) == ["naive", "EWC, lambda=1e+07", "replay, 10 images"]
+    np.testing.assert_allclose(matrices["naive"], [[0.9, 0.1], [0.5, 0.9]])
+    np.testing.assert_allclose(matrices["EWC, lambda=1e+07"], [[0.9, 0.1], [0.6, 0.9]])
+    np.testing.assert_allclose(matrices["replay, 10 images"], [[0.9, 0.1], [0.6, 0.9]])
+    with pytest.raises(ValueError, match=r"no 'task' runs for EWC, lambda=1e\+05; it has ewc_lambda \[1000000.0, "):
+        sweep_matrices(_sweep_rows(), "task", 1e5, 10)
+
+
+def test_check_sweep_names_each_setting_and_checkpoint_that_changed(tmp_path):
+    import json
+
+    from ftlab.continual import SWEEP_COLUMNS, check_sweep, sweep_settings
+    from ftlab.sweep import checkpoint_hashes
+
+    (tmp_path / "continual_digits.csv").write_text(",".join(SWEEP_COLUMNS) + "\n")
+    stored = {"settings": sweep_settings("digits", "classroom"), "checkpoints": checkpoint_hashes("digits")}
+    (tmp_path / "continual_digits.json").write_text(json.dumps(stored))
+    assert check_sweep(tmp_path / "continual_digits.json") == []
+    stored["settings"]["num_steps"] = 30
+    name = next(iter(stored["checkpoints"]))
+    stored["checkpoints"][name] = "0" * 64
+    (tmp_path / "continual_digits.json").write_text(json.dumps(stored))
+    assert check_sweep(tmp_path / "continual_digits.json") == [
+        f"checkpoint {name}: made with SHA-256 {'0' * 64}, now {checkpoint_hashes('digits')[name]}",
+        "setting 'num_steps': made with 30, now 60"]
+
+
+@pytest.mark.parametrize("json_path", sorted((Path(__file__).resolve().parent.parent / "data" / "results")
+                                             .glob("continual_*.json")), ids=lambda p: p.name)
+def test_shipped_continual_sweeps_were_made_with_the_current_checkpoint_and_settings(json_path):
+    from ftlab.continual import check_sweep
+
+    assert check_sweep(json_path) == [], f"{json_path.name} is stale: rerun the command in its provenance"
+
+
+def test_mean_matrices_average_each_strategy_and_default_rows_pick_the_default_knobs():
+    from ftlab.continual import SEQUENCE_DEFAULTS, default_rows, mean_matrices
+
+    rows = _sweep_rows()
+    matrices = mean_matrices(rows)
+    assert list(matrices) == ["naive", "ewc", "replay"]
+    np.testing.assert_allclose(matrices["ewc"], [[0.9, 0.1], [0.555, 0.9]])  # both lambdas, both seeds
+    assert SEQUENCE_DEFAULTS["digits"]["ewc_lambda"] == 1e6 and SEQUENCE_DEFAULTS["digits"]["buffer_size"] == 100
+    assert list(default_rows(rows).strategy) == ["naive", "ewc", "naive", "ewc"]  # no 1e7, no buffer of 10
+    assert (default_rows(rows).ewc_lambda.dropna() == 1e6).all()
+
+
+def test_a_live_compare_strategies_run_becomes_rows_of_the_sweep_schema_with_its_knobs():
+    from ftlab.continual import as_sweep_rows, compare_strategies
+
+    strategies = {"naive": Naive(), "ewc": EWC(50.0, max_examples=4), "replay": Replay(7)}
+    result = compare_strategies("digits", "class", strategies, num_steps=1, seeds=[0])
+    rows = as_sweep_rows(result, strategies)
+    assert list(rows.strategy) == ["naive", "ewc", "replay"]
+    assert rows.ewc_lambda.tolist()[1] == 50.0 and rows.buffer_size.tolist()[2] == 7
+    assert rows.ewc_lambda.isna().tolist() == [True, False, True] and rows.buffer_size.isna().tolist()[:2] == [True] * 2
+    for row in rows.to_dict("records"):
+        np.testing.assert_allclose([[row["R_0_0"], row["R_0_1"]], [row["R_1_0"], row["R_1_1"]]],
+                                   result["R_runs"][row["strategy"], 0])
+        assert row["forgetting_first"] == pytest.approx(row["R_0_0"] - row["R_1_0"])

@@ -269,3 +269,29 @@ def test_compare_sampling_gives_one_row_per_training_task_and_seed_ordered_by_tr
         ("multi-task, proportional", "big", 0), ("multi-task, proportional", "big", 1),
         ("multi-task, proportional", "tiny", 0), ("multi-task, proportional", "tiny", 1)]
     assert list(summarize(table, "accuracy", by=["training", "task"])["n"]) == [2, 2, 2, 2]
+
+
+def test_compare_task_adapters_trains_one_adapter_per_task_per_seed_as_train_task_adapters_does():
+    from ftlab.config import seed_everything
+    from ftlab.multitask import compare_task_adapters
+    from ftlab.tasks.images import image_loader
+    from ftlab.zoo import load_resnet
+
+    def small(num_classes, seed):
+        loader = _loader(8, num_classes, seed=seed)
+        return {"train": loader.dataset, "test": loader.dataset, "num_classes": num_classes}
+
+    tasks = {"big": small(3, 0), "tiny": small(2, 1)}
+    table = compare_task_adapters(tasks, num_steps=2, batch_size=4, seeds=[0, 1], r=2, lora_alpha=4)
+    assert list(zip(table.training, table.task, table.seed)) == [
+        ("adapter per task, lora r=2", "big", 0), ("adapter per task, lora r=2", "big", 1),
+        ("adapter per task, lora r=2", "tiny", 0), ("adapter per task, lora r=2", "tiny", 1)]
+    assert (table.share == 1.0).all() and (table.batches == 2).all()
+    seed_everything(1)  # seed 1 by hand: the same model, loaders and training give the same accuracies
+    model = add_task_adapters(multi_head(load_resnet(num_classes=None), {"big": 3, "tiny": 2}, seed=1), "lora",
+                              r=2, lora_alpha=4)
+    train_task_adapters(model, {t: image_loader(d["train"], batch_size=4, shuffle=True, seed=1)
+                                for t, d in tasks.items()}, num_steps=2, lr=3e-3, warmup_steps=1)
+    for task, d in tasks.items():
+        expected = evaluate(model, Tagged(image_loader(d["test"], batch_size=250), task))["accuracy"]
+        assert table[(table.task == task) & (table.seed == 1)].accuracy.item() == expected

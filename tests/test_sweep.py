@@ -246,3 +246,15 @@ def test_a_live_compare_run_becomes_rows_of_the_reference_schema_beside_the_load
     same = ["task", "method", "seed", "num_steps", "train_examples", "labels_per_class", "lr", "metric", "value",
             "validation", "trainable", "total"]
     assert live[same].iloc[0].tolist() == loaded[same].iloc[0].tolist()  # the FAST budget is the sweep's budget
+
+
+def test_check_results_hands_a_continual_sweep_to_its_own_checker(tmp_path):
+    from ftlab.continual import SWEEP_COLUMNS, sweep_settings
+
+    (tmp_path / "continual_digits.csv").write_text(",".join(SWEEP_COLUMNS) + "\n")
+    stored = {"settings": sweep_settings("digits", "classroom"), "checkpoints": checkpoint_hashes("digits")}
+    (tmp_path / "continual_digits.json").write_text(json.dumps(stored))
+    assert check_results(tmp_path / "continual_digits.json") == []
+    stored["settings"]["num_steps"] = 30
+    (tmp_path / "continual_digits.json").write_text(json.dumps(stored))
+    assert check_results(tmp_path / "continual_digits.json") == ["setting 'num_steps': made with 30, now 60"]
