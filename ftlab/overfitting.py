@@ -263,8 +263,8 @@ def freezing_sweep(seeds=(0, 1, 2, 3, 4), labels_per_class=LABELS_PER_CLASS, *, 
     """Head only, last block and full fine-tuning on digits at each label count and seed; returns ``(rows, rates)``.
 
     First the learning-rate grid (``LR_GRID`` for each of ``grid_seeds``, at ``grid_labels_per_class``), scored
-    on the validation split (``choose_rates``); then every label count and seed with each recipe's chosen rate. Rows go to
-    ``out/overfitting_digits.csv`` as they finish; the chosen rates to the JSON file beside it.
+    on the validation split (``choose_rates``); then every label count and seed with each recipe's chosen rate.
+    Rows go to ``out/overfitting_digits.csv`` as they finish; the chosen rates to the JSON file beside it.
     """
     seeds, grid_seeds = check_seeds(seeds), check_seeds(grid_seeds)
     num_steps = num_steps or pick(NUM_STEPS, 4)
@@ -346,7 +346,8 @@ def check_results(json_path: str | Path) -> list[str]:
         for recipe, entry in choose_rates(grid).items():
             recorded = stored.get("learning_rates", {}).get(recipe, {}).get("lr")
             if recorded != entry["lr"]:
-                problems.append(f"recipe {recipe}: the file records lr {recorded}, the grid's rows pick {entry['lr']:g}")
+                problems.append(f"recipe {recipe}: the file records lr {recorded}, "
+                                f"the grid's rows pick {entry['lr']:g}")
     return problems
 
 

@@ -998,3 +998,135 @@ def plot_memory_against(baseline: dict, row: dict, unit: str = "MB", title: str 
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+# ---- nbD
+
+def plot_dpo_beta(beta: float = 0.1, compare: Sequence[float] = (0.02, 0.1, 0.5), span: float = 50.0):
+    """DPO's ``beta`` at work, for one pair against its log-ratio margin m (nats; positive: the policy has moved
+    towards the chosen response more than towards the rejected one, relative to the reference). Left: the loss
+    -log sigmoid(beta m). Right: the weight sigmoid(-beta m) of the pair's gradient (the gradient is beta times
+    it), with a dashed line where it falls to 0.1 (m = ln 9 / beta). ``beta`` is drawn bold, the betas of
+    ``compare`` thin, grey and dashed. From ``ftlab.align.dpo.dpo_loss_curve``, the loss the training uses."""
+    import math
+
+    import numpy as np
+
+    from ftlab.align.dpo import dpo_loss_curve
+
+    margins = np.linspace(-span, span, 201)
+    fig, (ax_loss, ax_weight) = plt.subplots(1, 2, figsize=(10, 3.6))
+    others = [b for b in compare if b != beta]
+    dashes = dict(zip(others, [":", "--", "-.", (0, (5, 1, 1, 1))] * len(others)))
+    for b in others + [beta]:
+        loss, slope = dpo_loss_curve(margins, b)
+        style = dict(color="C0", linewidth=2.2) if b == beta else dict(color="grey", linewidth=1.2,
+                                                                          linestyle=dashes[b])
+        ax_loss.plot(margins, loss.numpy(), label=f"beta = {b:g}", **style)
+        ax_weight.plot(margins, (slope / b).numpy(), label=f"beta = {b:g}", **style)
+    cut = math.log(9) / beta
+    where = f"m = {cut:.0f} nats" if cut <= span else f"m = {cut:.0f} nats, off the chart"
+    if cut <= span:
+        ax_weight.axvline(cut, color="C0", linestyle="--", linewidth=1)
+    ax_loss.set_title(f"loss of one pair, beta = {beta:g}", fontsize=10)
+    ax_weight.set_title(f"gradient weight: below 0.1 beyond {where}", fontsize=10)
+    for ax in (ax_loss, ax_weight):
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("log-ratio margin m (nats)")
+        ax.grid(alpha=0.3)
+    ax_loss.set_ylabel("-log sigmoid(beta m)")
+    ax_weight.set_ylabel("sigmoid(-beta m)")
+    ax_weight.set_ylim(0, 1.02)
+    ax_loss.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_results_spread(rows, metrics: Sequence[str], by: str = "setting", live: dict | None = None):
+    """Reference results in the long format of ``ftlab.align.results`` (columns ``setting, seed, iteration, metric,
+    value``), one panel per metric at its last iteration, the groups (``by``) in the same order in every panel:
+    every seed a small point, the mean a large marker, the range from the lowest to the highest seed a bar, as in
+    ``plot_spread``. Overlapping bars mean the seeds cannot tell the groups apart. ``live``: ``{group: {metric:
+    value}}`` of your own run, drawn as black-edged stars, so you see where it falls in the stored spread."""
+    groups = list(dict.fromkeys(rows[by]))
+    styles = method_styles(groups)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 1.4 + 0.5 * len(groups)), sharey=True,
+                             squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        mine = rows[rows.metric == metric]
+        if mine.empty:
+            raise ValueError(f"no rows of metric {metric!r}; the table has {', '.join(dict.fromkeys(rows.metric))}")
+        last = mine[mine.iteration == mine.groupby(by).iteration.transform("max")]
+        for row, group in enumerate(groups):
+            values = last.loc[last[by] == group, "value"].astype(float)
+            colour, marker = styles[group]
+            ax.plot([values.min(), values.max()], [row, row], color=colour, linewidth=2, alpha=0.6)
+            ax.scatter(values, [row] * len(values), color=colour, marker=marker, s=16, alpha=0.5, linewidths=0)
+            ax.scatter([values.mean()], [row], color=colour, marker=marker, s=70, edgecolors="black",
+                       linewidths=0.6, zorder=3)
+            ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3),
+                        fontsize=7)
+            if live and metric in live.get(group, {}):
+                ax.scatter([live[group][metric]], [row], marker="*", s=170, color="white", edgecolors="black",
+                           linewidths=0.9, zorder=4)
+        ax.set_xlabel(metric)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.15, y=0.3)
+    axes[0][0].set_yticks(range(len(groups)), groups)
+    if live:
+        axes[0][-1].scatter([], [], marker="*", s=170, color="white", edgecolors="black", label="your run")
+        axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_ppo_kl(rows, live: dict | None = None):
+    """PPO's reference results (``ftlab.align.rlhf.ppo_kl_sweep``'s long table) in two panels, one colour per
+    setting: every seed a thin line through its evaluations, the mean over seeds a thick line with markers.
+
+    Left: held-out reward against KL to the SFT model (labels: iteration; iteration 0 is the SFT model), KL on
+    a symmetric log axis (linear below 1 nat), since one setting may drift tens of nats and another a few.
+    Right: the share of held-out instructions answered right (greedy) against the iteration, a measure the
+    reward model does not see. ``live``: ``{setting: ppo_train history}`` of your own runs (with
+    ``"eval_metric"`` holding their right answers), drawn as black-edged stars."""
+    fig, (ax_kl, ax_right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    curves = rows.pivot_table(index=["setting", "seed", "iteration"], columns="metric", values="value").reset_index()
+    for k, setting in enumerate(dict.fromkeys(rows.setting)):
+        colour = f"C{k}"
+        mine = curves[curves.setting == setting]
+        for _, run in mine.groupby("seed"):
+            ax_kl.plot(run["kl"], run["reward"], color=colour, linewidth=0.8, alpha=0.35)
+            ax_right.plot(run["iteration"], run["right answers"], color=colour, linewidth=0.8, alpha=0.35)
+        mean = mine.groupby("iteration")[["kl", "reward", "right answers"]].mean()
+        label = f"{setting}: mean of {mine.seed.nunique()} seeds"
+        ax_kl.plot(mean["kl"], mean["reward"], "o-", color=colour, linewidth=2.2, label=label)
+        ax_right.plot(mean.index, mean["right answers"], "o-", color=colour, linewidth=2.2, label=label)
+        for iteration, point in mean.iterrows():
+            ax_kl.annotate(str(int(iteration)), (point["kl"], point["reward"]), textcoords="offset points",
+                           xytext=(4, -10), fontsize=7, color=colour)
+        if live and setting in live:
+            history = live[setting]
+            ax_kl.scatter(history["eval_kl"], history["eval_reward"], marker="*", s=150, color=colour,
+                          edgecolors="black", linewidths=0.8, zorder=4)
+            if history.get("eval_metric"):
+                ax_right.scatter(history["eval_iteration"], history["eval_metric"], marker="*", s=150, color=colour,
+                                 edgecolors="black", linewidths=0.8, zorder=4)
+    if live:
+        for ax in (ax_kl, ax_right):
+            ax.scatter([], [], marker="*", s=150, color="white", edgecolors="black", label="your runs")
+    ax_kl.set_xscale("symlog", linthresh=1.0)
+    ax_kl.set_xlabel("KL(policy || SFT model), nats per response (symmetric log scale)")
+    ax_kl.set_ylabel("mean reward on held-out prompts")
+    ax_kl.set_title("reward vs KL (thin: each seed; labels: iteration)", fontsize=10)
+    ax_right.set_xlabel("PPO iteration")
+    ax_right.set_ylabel("held-out instructions answered right")
+    ax_right.set_ylim(0, 1)
+    ax_right.set_title("a measure the reward model does not see", fontsize=10)
+    for ax in (ax_kl, ax_right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

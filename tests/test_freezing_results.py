@@ -8,8 +8,15 @@ import pytest
 
 from ftlab import transfer
 from ftlab.sweep import checkpoint_hashes
-from ftlab.transfer import (FREEZE_RECIPES, FREEZING_COLUMNS, FREEZING_RESULTS, check_freezing_results,
-                            freezing_settings, load_freezing_results, write_freezing_results)
+from ftlab.transfer import (
+    FREEZE_RECIPES,
+    FREEZING_COLUMNS,
+    FREEZING_RESULTS,
+    check_freezing_results,
+    freezing_settings,
+    load_freezing_results,
+    write_freezing_results,
+)
 
 
 def test_a_fast_run_writes_every_recipe_per_seed_with_provenance_and_resumes_with_the_missing_seeds(tmp_path, capsys):
@@ -25,7 +32,8 @@ def test_a_fast_run_writes_every_recipe_per_seed_with_provenance_and_resumes_wit
     pd.testing.assert_frame_equal(both.iloc[:len(FREEZE_RECIPES)], first)
     provenance = both.attrs["provenance"]
     assert [c["command"] for c in provenance["commands"]] == ["first", "second"]
-    assert provenance["settings"] == freezing_settings("FAST") and provenance["checkpoints"] == checkpoint_hashes("digits")
+    assert provenance["settings"] == freezing_settings("FAST")
+    assert provenance["checkpoints"] == checkpoint_hashes("digits")
     assert set(provenance["commands"][0]) == {"command", "ftlab_commit", "torch", "torch_threads", "date"}
 
 

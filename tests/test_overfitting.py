@@ -8,8 +8,16 @@ import pandas as pd
 import pytest
 
 from ftlab import overfitting
-from ftlab.overfitting import (ALL_COLUMNS, at_chosen_rates, choose_rates, curve_text, curve_values, digits_run,
-                               freezing_verdicts, overfits_less)
+from ftlab.overfitting import (
+    ALL_COLUMNS,
+    at_chosen_rates,
+    choose_rates,
+    curve_text,
+    curve_values,
+    digits_run,
+    freezing_verdicts,
+    overfits_less,
+)
 from ftlab.viz import plot_lr_finds, plot_lr_grid, plot_stored_curves
 
 

@@ -21,7 +21,8 @@ from ftlab.transfer import FREEZING_RESULTS, check_freezing_results, write_freez
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds to run (default 0-4)")
-    parser.add_argument("--out", type=Path, default=FREEZING_RESULTS, help="the CSV to write (default: the shipped one)")
+    parser.add_argument("--out", type=Path, default=FREEZING_RESULTS,
+                        help="the CSV to write (default: the shipped one)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:

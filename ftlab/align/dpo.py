@@ -38,7 +38,7 @@ from ftlab.align.common import (
 )
 from ftlab.config import pick, seed_everything
 from ftlab.train import IGNORE_INDEX, fit, to_device
-from ftlab.validate import eval_mode
+from ftlab.validate import check_number, eval_mode
 
 
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -55,6 +55,23 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
     loss = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios)).mean()
     return loss, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def dpo_loss_curve(margins: torch.Tensor, beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DPO loss of one pair, and the weight of its gradient, as functions of its log-ratio margin.
+
+    ``margins``: m = log pi(y_c)/pi_ref(y_c) - log pi(y_r)/pi_ref(y_r) in nats, (N,). Each value is
+    passed through ``dpo_loss`` as one pair, and autograd gives d loss / d m = -beta sigmoid(-beta m):
+    the gradient raises log pi(y_c) and lowers log pi(y_r) with the weight beta sigmoid(-beta m)
+    (Rafailov et al. 2023, section 4), largest for pairs the policy ranks wrong, near 0 once
+    beta m is a few units. Returns ``(loss, weight)``, each (N,): log 2 and beta / 2 at m = 0.
+    """
+    beta = check_number("beta", beta, minimum=0, strict_minimum=True)
+    margins = torch.as_tensor(margins, dtype=torch.float64).detach().reshape(-1).requires_grad_()  # (N,)
+    zero = torch.zeros(1, dtype=torch.float64)
+    losses = torch.stack([dpo_loss(m[None], zero, zero, zero, beta)[0] for m in margins])  # (N,) one pair each
+    (slope,) = torch.autograd.grad(losses.sum(), margins)  # (N,) d loss_i / d m_i
+    return losses.detach(), -slope
 
 
 def dpo_batch(policy: nn.Module, batch: dict, reference: nn.Module | None = None,
@@ -134,7 +151,7 @@ def train_dpo(policy: nn.Module, tokenizer, pairs: Sequence[dict], *, reference:
 def dpo_experiment(sft_model: nn.Module, tokenizer, reward_model: nn.Module | None = None, *,
                    method: str = "lora", beta: float = 0.1, sft_weight: float = 0.0, num_steps: int | None = None,
                    lr: float | None = None, batch_size: int = 16, num_test: int | None = None, seed: int = 0,
-                   progress: bool = True, **method_options) -> dict:
+                   data_seed: int = 0, progress: bool = True, **method_options) -> dict:
     """DPO from an SFT model on ``ftlab.tasks.preferences``; held-out preference accuracy and win rate.
 
     The policy is a copy of ``sft_model`` with ``ftlab.apply(policy, method)``; with adapters
@@ -142,7 +159,9 @@ def dpo_experiment(sft_model: nn.Module, tokenizer, reward_model: nn.Module | No
     ``"prompt"``, ...) a frozen copy of ``sft_model``. With a ``reward_model``, greedy responses
     of the DPO and SFT models to the test prompts are compared under it
     (``ftlab.align.reward.win_rate``). Returns ``{"model", "history", "before", "after", "win",
-    "seconds"}``.
+    "seconds"}``. The pairs come from ``make_preferences(data_seed)``: keep 0, the split that the
+    shipped SFT and reward models were trained on, so that the test pairs stay held out for every
+    ``seed`` (which sets the adapter's initialisation and the order of the pairs).
     """
     from ftlab.align.generate import generate
     from ftlab.align.reward import win_rate
@@ -154,7 +173,7 @@ def dpo_experiment(sft_model: nn.Module, tokenizer, reward_model: nn.Module | No
     policy = apply(policy, method, **method_options)  # prompt and prefix tuning return a wrapper
     # weight-space adapters (LoRA, ...) can be switched off to give the SFT model; other methods need a copy
     reference = None if has_adapters(policy) else frozen_copy(sft_model)
-    data = make_preferences(seed)
+    data = make_preferences(data_seed)
     test_pairs = data["test"][:num_test or pick(len(data["test"]), 48)]
     test = preference_loader(test_pairs, tokenizer, max_length=max_positions(policy), batch_size=64)
     before = preference_accuracy(policy, test, reference, beta)
@@ -171,3 +190,73 @@ def dpo_experiment(sft_model: nn.Module, tokenizer, reward_model: nn.Module | No
                        generate(sft_model, tokenizer, prompts))
     return {"model": policy.eval(), "history": history, "before": before, "after": after, "win": win,
             "seconds": seconds}
+
+
+# ---------------------------------------------------------------- reference results: why the NLL term
+
+# Notebook 12's reference results (data/results/dpo_nll.csv): DPO with LoRA from the shipped SFT model, with and
+# without the NLL term on the chosen answers, judged by the shipped reward model. FAST mode shrinks the runs.
+DPO_NLL_CLASSROOM = {"sft_weights": {"DPO + NLL": 1.0, "plain DPO": 0.0}, "method": "lora", "r": 8, "lora_alpha": 16,
+                     "beta": 0.1, "num_steps": 100, "lr": 1e-3, "batch_size": 16}
+DPO_NLL_SETTINGS = pick(DPO_NLL_CLASSROOM, {**DPO_NLL_CLASSROOM, "num_steps": 4, "batch_size": 4})
+
+
+def dpo_nll_sweep(seeds: Sequence[int] = (0, 1, 2), *, out=None, settings: dict | None = None,
+                  progress: bool = True):
+    """Plain DPO and DPO + NLL over ``seeds``: the reference results of notebook 12.
+
+        OMP_NUM_THREADS=1 python -c "from ftlab.align.dpo import dpo_nll_sweep; dpo_nll_sweep()"
+
+    For each seed and each ``settings["sft_weights"]`` entry (label -> sft_weight), ``dpo_experiment``
+    from the shipped SFT model (``data/sft_tiny``) judged by the shipped reward model
+    (``data/reward_tiny``), with the other ``settings`` (default ``DPO_NLL_SETTINGS``). Rows
+    (``ftlab.align.results.COLUMNS``) go to ``out/dpo_nll.csv`` (default ``data/results``), at the
+    last step: ``"preference accuracy"``, ``"chosen reward"``, ``"rejected reward"`` (mean implicit
+    rewards on the held-out pairs), ``"win rate"`` (against the SFT model under the reward model),
+    and ``"answers that end"`` (``ended_share`` of greedy answers to the held-out prompts; also at
+    step 0, the SFT model's). Greedy answers of the SFT and DPO models to six held-out prompts of the
+    conversational kinds go to ``dpo_nll.json`` under ``"samples"``. Runs already in the file are
+    skipped. Returns every row of the file.
+    """
+    from ftlab.align import results
+    from ftlab.align.generate import ended_share, generate
+    from ftlab.align.reward import reward_model
+    from ftlab.config import FAST
+    from ftlab.tasks.preferences import make_preferences
+
+    settings = settings or DPO_NLL_SETTINGS
+    out = results.RESULTS_DIR if out is None else out
+    results.refuse_fast_writes(out, FAST)
+    seeds = [int(seed) for seed in seeds]
+    rows = results.open_results("dpo_nll", settings, out)
+    results.record_command("dpo_nll", settings, f"ftlab.align.dpo.dpo_nll_sweep(seeds={seeds})", out)
+    done = results.done_runs(rows)
+    rm = reward_model(source="shipped", progress=False)
+    sft, tokenizer = rm["sft"]["model"], rm["sft"]["tokenizer"]
+    test = make_preferences(0)["test"][:pick(360, 12)]
+    prompts = [p["prompt"] for p in test]
+    shown = [p["prompt"] for p in test if p["kind"] != "correct"][:6]
+    options = {k: v for k, v in settings.items() if k != "sft_weights"}
+    sft_ended = None
+    for seed in seeds:
+        for label, sft_weight in settings["sft_weights"].items():
+            if (label, seed) in done:
+                continue
+            sft_ended = ended_share(sft, tokenizer, prompts) if sft_ended is None else sft_ended
+            run = dpo_experiment(sft, tokenizer, rm["model"], sft_weight=sft_weight, seed=seed, num_test=len(test),
+                                 progress=False, **options)
+            step = options["num_steps"]
+            measured = [(step, "preference accuracy", run["after"]["accuracy"]),
+                        (step, "chosen reward", run["after"]["chosen_reward"]),
+                        (step, "rejected reward", run["after"]["rejected_reward"]),
+                        (step, "win rate", run["win"]["win_rate"]), (0, "answers that end", sft_ended),
+                        (step, "answers that end", ended_share(run["model"], tokenizer, prompts))]
+            samples = [list(s) for s in zip(shown, generate(sft, tokenizer, shown), generate(run["model"], tokenizer,
+                                                                                             shown))]
+            results.add_run("dpo_nll", [{"setting": label, "seed": seed, "iteration": it, "metric": metric,
+                                         "value": value, "seconds": run["seconds"]} for it, metric, value in measured],
+                            samples, out)
+            if progress:
+                print(f"  {label} seed {seed}: accuracy {measured[0][2]:.3f}, win rate {measured[3][2]:.3f}, "
+                      f"answers that end {measured[-1][2]:.2f} ({run['seconds']:.0f} s)", flush=True)
+    return results.load_results("dpo_nll", out)

@@ -97,3 +97,12 @@ def decode(tokenizer, response_ids: Sequence[int]) -> str:
 def generate(model: nn.Module, tokenizer, prompts: Sequence[str], **options) -> list[str]:
     """Response texts for ``prompts``; ``options`` as ``generate_ids`` (greedy by default)."""
     return [decode(tokenizer, ids) for ids in generate_ids(model, tokenizer, prompts, **options)]
+
+
+def ended_share(model: nn.Module, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16) -> float:
+    """Fraction of the greedy responses to ``prompts`` that end with the eos token within ``max_new_tokens``:
+    a model that has lost the end of its answers runs on to the limit."""
+    if len(prompts) == 0:
+        raise ValueError("ended_share got no prompts")
+    responses = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    return sum(bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in responses) / len(prompts)

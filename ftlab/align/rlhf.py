@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -205,8 +205,8 @@ def ppo_train(policy: nn.Module, reward_model: RewardModel, tokenizer, prompts: 
               ppo_epochs: int = 4, minibatch_size: int = 16, max_new_tokens: int = 16, temperature: float = 1.0,
               gamma: float = 1.0, lam: float = 0.95, clip_range: float = 0.2, clip_range_vf: float = 0.2,
               vf_coef: float = 0.1, max_grad_norm: float | None = 1.0, eval_prompts: Sequence[str] | None = None,
-              eval_every: int = 5, seed: int = 0, device: torch.device | str | None = None,
-              progress: bool = True) -> dict:
+              eval_every: int = 5, eval_metric: Callable[[nn.Module], float] | None = None, seed: int = 0,
+              device: torch.device | str | None = None, progress: bool = True) -> dict:
     """Run ``num_iterations`` of rollout -> GAE -> PPO update on ``prompts``; returns a history of lists.
 
     ``reference``: the frozen SFT model (``frozen_copy``), or None for the policy with its
@@ -215,7 +215,9 @@ def ppo_train(policy: nn.Module, reward_model: RewardModel, tokenizer, prompts: 
     model score), ``"kl"`` (mean summed log pi / pi_ref per response), ``"clip_frac"``,
     ``"entropy"``, ``"policy_loss"``, ``"value_loss"``, ``"approx_kl"``; every ``eval_every``
     iterations (and at the end), a rollout on ``eval_prompts`` without update gives
-    ``"eval_reward"`` and ``"eval_kl"`` at ``"eval_iteration"`` (iteration 0 is before training).
+    ``"eval_reward"`` and ``"eval_kl"`` at ``"eval_iteration"`` (iteration 0 is before training), and
+    ``"eval_metric"``: ``eval_metric(policy)`` if given, a measure of your own (e.g. ``right_answers``)
+    taken without changing the run (it must not train the policy or draw from torch's global RNG).
     """
     if num_iterations <= 0:
         raise ValueError(f"num_iterations must be positive, got {num_iterations}")
@@ -246,13 +248,15 @@ def ppo_train(policy: nn.Module, reward_model: RewardModel, tokenizer, prompts: 
     rng = random.Random(seed)
     history: dict[str, list] = {k: [] for k in ("iteration", "reward", "kl", "clip_frac", "entropy", "policy_loss",
                                                 "value_loss", "approx_kl", "eval_iteration", "eval_reward",
-                                                "eval_kl")}
+                                                "eval_kl", "eval_metric")}
 
     def evaluate(iteration: int) -> None:
         roll = rollout(policy, value_model, reward_model, tokenizer, eval_prompts, seed=seed + 10_000, **options)
         history["eval_iteration"].append(iteration)
         history["eval_reward"].append(roll["scores"].mean().item())
         history["eval_kl"].append(roll["kl"].mean().item())
+        if eval_metric is not None:
+            history["eval_metric"].append(float(eval_metric(policy)))
 
     if eval_prompts:
         evaluate(0)
@@ -277,13 +281,17 @@ def ppo_train(policy: nn.Module, reward_model: RewardModel, tokenizer, prompts: 
 
 def ppo_experiment(sft_model: nn.Module, tokenizer, reward_model: RewardModel, *, method: str = "full",
                    kl_coef: float = 0.1, num_iterations: int | None = None, lr: float | None = None,
-                   num_eval: int | None = None, seed: int = 0, progress: bool = True, **options) -> dict:
+                   num_eval: int | None = None, seed: int = 0, data_seed: int = 0, progress: bool = True,
+                   **options) -> dict:
     """PPO from an SFT model against a reward model, on the prompts of ``ftlab.tasks.preferences``.
 
     The policy is a copy of ``sft_model`` with ``ftlab.apply(policy, method)``; with adapters
     (``"lora"``, ...) the reference is the adapter-disabled policy, otherwise (``"full"``, ...) a
     frozen copy of ``sft_model``. Trains on
     the training prompts and evaluates on held-out test prompts. ``options`` go to ``ppo_train``.
+    The prompts come from ``make_preferences(data_seed)``: keep 0, the split that the shipped SFT and
+    reward models were trained on, so that the test prompts stay held out for every ``seed`` (which
+    sets the sampling and the order of the prompts).
     Returns ``{"model", "history", "samples", "seconds"}``; ``samples`` pairs a few test prompts
     with the greedy answers of the SFT and the PPO model.
     """
@@ -295,7 +303,7 @@ def ppo_experiment(sft_model: nn.Module, tokenizer, reward_model: RewardModel, *
     policy = apply(policy, method)  # prompt and prefix tuning return a wrapper
     # weight-space adapters (LoRA, ...) can be switched off to give the SFT model; other methods need a copy
     reference = None if has_adapters(policy) else frozen_copy(sft_model)
-    data = make_preferences(seed)
+    data = make_preferences(data_seed)
     train_prompts = sorted({p["prompt"] for p in data["train"]})
     eval_prompts = [p["prompt"] for p in data["test"][:num_eval or pick(96, 16)]]
     start = time.time()
@@ -306,3 +314,78 @@ def ppo_experiment(sft_model: nn.Module, tokenizer, reward_model: RewardModel, *
     shown = eval_prompts[:6]
     samples = list(zip(shown, generate(sft_model, tokenizer, shown), generate(policy, tokenizer, shown)))
     return {"model": policy.eval(), "history": history, "samples": samples, "seconds": seconds}
+
+
+# ---------------------------------------------------------------- reference results: what the KL penalty buys
+
+# Notebook 11's reference results (data/results/ppo_kl.csv): PPO of every weight from the shipped SFT and reward
+# models, with and without the KL penalty, at a learning rate high enough that within the run the unpenalised
+# policy finds what the reward model over-rates. FAST mode shrinks the runs (and must not write data/results).
+PPO_KL_CLASSROOM = {"kl_coefs": {"KL penalty 0.5": 0.5, "no KL penalty": 0.0}, "method": "full",
+                    "num_iterations": 30, "lr": 2e-4, "batch_size": 16, "minibatch_size": 16, "ppo_epochs": 4,
+                    "num_eval": 32, "eval_every": 5, "num_right": 120}
+PPO_KL_SETTINGS = pick(PPO_KL_CLASSROOM, {**PPO_KL_CLASSROOM, "num_iterations": 2, "num_eval": 8, "eval_every": 1,
+                                          "num_right": 8})
+
+
+def right_answers(model: nn.Module, tokenizer, pairs: Sequence[dict]) -> float:
+    """Exact match (``ftlab.tasks.instructions.exact_match``) of the greedy answers to the instruction prompts of
+    ``pairs`` (kind ``"correct"``) against their chosen, right answers: a measure of quality that the reward
+    model does not see."""
+    from ftlab.tasks.instructions import exact_match
+
+    right = [p for p in pairs if p["kind"] == "correct"]
+    if not right:
+        raise ValueError("right_answers needs pairs of kind 'correct' (instruction prompts with a right answer)")
+    return exact_match(generate(model, tokenizer, [p["prompt"] for p in right]), [p["chosen"] for p in right])
+
+
+def ppo_kl_sweep(seeds: Sequence[int] = (0, 1, 2), *, out=None, settings: dict | None = None,
+                 progress: bool = True):
+    """PPO with and without the KL penalty over ``seeds``: the reference results of notebook 11.
+
+        OMP_NUM_THREADS=1 python -c "from ftlab.align.rlhf import ppo_kl_sweep; ppo_kl_sweep()"
+
+    For each seed and each ``settings["kl_coefs"]`` entry (label -> kl_coef), ``ppo_experiment`` from
+    the shipped SFT and reward models (``data/sft_tiny``, ``data/reward_tiny``) with the other
+    ``settings`` (default ``PPO_KL_SETTINGS``). Rows (``ftlab.align.results.COLUMNS``) go to
+    ``out/ppo_kl.csv`` (default ``data/results``): at each evaluation iteration (0 is the SFT model)
+    the mean ``"reward"`` and ``"kl"`` (nats per response) on the held-out prompts, and ``"right
+    answers"`` (``right_answers`` on the first ``num_right`` held-out instructions). The greedy
+    answers of the SFT and PPO models to six held-out prompts go to ``ppo_kl.json`` under
+    ``"samples"``. Runs already in the file are skipped. Returns every row of the file.
+    """
+    from ftlab.align import results
+    from ftlab.align.reward import reward_model
+    from ftlab.config import FAST
+    from ftlab.tasks.preferences import make_preferences
+
+    settings = settings or PPO_KL_SETTINGS
+    out = results.RESULTS_DIR if out is None else out
+    results.refuse_fast_writes(out, FAST)
+    seeds = [int(seed) for seed in seeds]
+    rows = results.open_results("ppo_kl", settings, out)
+    results.record_command("ppo_kl", settings, f"ftlab.align.rlhf.ppo_kl_sweep(seeds={seeds})", out)
+    done = results.done_runs(rows)
+    rm = reward_model(source="shipped", progress=False)
+    sft, tokenizer = rm["sft"]["model"], rm["sft"]["tokenizer"]
+    pairs = make_preferences(0)["test"][:settings["num_right"] * 3]  # the kinds take turns: num_right "correct"
+    options = {k: v for k, v in settings.items() if k not in ("kl_coefs", "num_right")}
+    for seed in seeds:
+        for label, kl_coef in settings["kl_coefs"].items():
+            if (label, seed) in done:
+                continue
+            run = ppo_experiment(sft, tokenizer, rm["model"], kl_coef=kl_coef, seed=seed, progress=False,
+                                 eval_metric=lambda policy: right_answers(policy, tokenizer, pairs), **options)
+            history = run["history"]
+            measured = [(it, metric, v) for metric, key in (("reward", "eval_reward"), ("kl", "eval_kl"),
+                                                            ("right answers", "eval_metric"))
+                        for it, v in zip(history["eval_iteration"], history[key])]
+            results.add_run("ppo_kl", [{"setting": label, "seed": seed, "iteration": it, "metric": metric,
+                                        "value": value, "seconds": run["seconds"]} for it, metric, value in measured],
+                            [list(sample) for sample in run["samples"]], out)
+            if progress:
+                print(f"  {label} seed {seed}: reward {history['eval_reward'][-1]:+.2f}, "
+                      f"KL {history['eval_kl'][-1]:.1f} nats, right answers {history['eval_metric'][-1]:.2f} "
+                      f"({run['seconds']:.0f} s)", flush=True)
+    return results.load_results("ppo_kl", out)
