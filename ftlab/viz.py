@@ -604,3 +604,34 @@ def plot_recommendation(table):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+# ---- nbB2
+
+def plot_update_ranks(layer, r: int = 8, decompose_factor: int = 4):
+    """The shape of the change LoRA, LoHa and LoKr can make to ``layer`` at rank ``r``: the singular values of
+    delta W with every factor drawn at random (``ftlab.methods.layer_delta``), drawn by ``plot_singular_values``.
+
+    The legend gives each method's trainable parameters and the rank measured. LoRA (B A) reaches r;
+    LoHa ((W1a W1b) * (W2a W2b)) r * r, since an element-wise product multiplies ranks; LoKr (W1 kron W2,
+    W1 a full (f, f) matrix, f = ``decompose_factor``, and W2 of rank r) f * r, since a Kronecker product
+    multiplies ranks too. Each is capped by the layer's size (LoKr's W2 is kept whole once r reaches half
+    its size, as in peft).
+    """
+    import torch
+
+    from ftlab.methods import layer_delta
+
+    shapes = {f"LoRA r={r}": ("lora", {"r": r, "init_lora_weights": False}),
+              f"LoHa r={r}": ("loha", {"r": r, "init_weights": False}),
+              f"LoKr f={decompose_factor} r={r}": ("lokr", {"r": r, "decompose_factor": decompose_factor,
+                                                             "init_weights": False})}
+    deltas = {}
+    for label, (method, options) in shapes.items():
+        delta, trainable = layer_delta(layer, method, **options)  # (out, in), float64
+        deltas[f"{label}: {trainable:,} trained, rank {torch.linalg.matrix_rank(delta).item()}"] = delta
+    fig = plot_singular_values(deltas)
+    out_features, in_features = delta.shape
+    fig.axes[0].set_title(f"random changes of one {out_features} x {in_features} layer at r = {r}", fontsize=10)
+    plt.close(fig)
+    return fig
