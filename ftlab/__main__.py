@@ -46,7 +46,8 @@ def compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """
     import torch
 
-    from ftlab.compare import compare as run_compare, default_budget, summarize, summary_table
+    from ftlab.compare import compare as run_compare
+    from ftlab.compare import default_budget, summarize, summary_table
     from ftlab.config import mode
     from ftlab.sweep import check_writable
 
@@ -99,7 +100,8 @@ def _numbers(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, e.g. 30,80,150; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, e.g. 30,80,150; got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, got {text!r}")
     return values
@@ -111,7 +113,7 @@ def _seeds(text: str) -> list[int]:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seeds (3 means 0,1,2) or seeds separated by commas; "
-                                         f"got {text!r}")
+                                         f"got {text!r}") from None
     if "," not in text and len(values) == 1:
         if values[0] < 1:
             raise argparse.ArgumentTypeError(f"the number of seeds must be at least 1, got {text!r}")

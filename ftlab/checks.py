@@ -14,8 +14,8 @@ How every checker works:
   back to 0 on success.
 
 A checker is written as ``@exercise(...)`` on a function of ``call``, which calls the student's function
-(``call(*args, case="...")``, or another of the student's callables with ``fn=``) and returns the first :class:`Problem` found, or None. The decorated name takes the
-student's function and returns True or False.
+(``call(*args, case="...")``, or another of the student's callables with ``fn=``) and returns the first
+:class:`Problem` found, or None. The decorated name takes the student's function and returns True or False.
 """
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ import re
 import string
 import sys
 from collections import Counter
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-
 
 # ---- the framework --------------------------------------------------------------------------------------------
 
@@ -151,13 +151,15 @@ class Exercise:
                 try:
                     return fn(*args)
                 except NotImplementedError:
-                    raise StudentFailed(Problem("the function is not written yet (it raises NotImplementedError)",
-                                                "replace the `raise NotImplementedError` line with your code")) from None
+                    raise StudentFailed(Problem(
+                        "the function is not written yet (it raises NotImplementedError)",
+                        "replace the `raise NotImplementedError` line with your code")) from None
                 except Refused as err:
                     raise StudentFailed(Problem(f"{case}: your function calls ftlab's own code. {err}")) from None
                 except Exception as err:  # the student's code may fail in any way; say how and where
-                    raise StudentFailed(Problem(f"{case}: calling it raised {type(err).__name__}: {err}",
-                                                "run it on a small input of that shape and read the traceback")) from None
+                    raise StudentFailed(Problem(
+                        f"{case}: calling it raised {type(err).__name__}: {err}",
+                        "run it on a small input of that shape and read the traceback")) from None
 
         try:
             problem = find_problem(call)
@@ -213,7 +215,8 @@ def tolerance(dtype: torch.dtype) -> dict:
 
 def close(got: torch.Tensor, want: torch.Tensor) -> bool:
     """Same shape and values within ``want``'s dtype tolerance (compared in float64)."""
-    return tuple(got.shape) == tuple(want.shape) and torch.allclose(got.double(), want.double(), **tolerance(want.dtype))
+    return (tuple(got.shape) == tuple(want.shape)
+            and torch.allclose(got.double(), want.double(), **tolerance(want.dtype)))
 
 
 def is_whole(value) -> bool:
@@ -377,8 +380,8 @@ def check_new_head(call) -> Problem | None:
                            "the swap should not decide what else trains: leave the backbone's flags alone")
         logits = call(torch.zeros(2, 3, 32, 32), case=f"{case}, the returned model on 2 images", fn=result)
         if tuple(logits.shape) != (2, num_classes):
-            return Problem(f"{case}: the model gives logits of shape {tuple(logits.shape)}, expected (2, {num_classes})",
-                           "the head must be the model's last layer")
+            return Problem(f"{case}: the model gives logits of shape {tuple(logits.shape)}, "
+                           f"expected (2, {num_classes})", "the head must be the model's last layer")
     return None
 
 
@@ -396,6 +399,10 @@ def check_discriminative_lrs(call) -> Problem | None:
     rng = random.Random(3)
     cases = [(1e-3, 6, 2.6), (1e-3, 4, 2.6), (3e-3, 6, 2.0), (5e-4, 1, 2.6), (1e-3, 3, 1.0)]
     cases += [(10 ** rng.uniform(-5, -2), rng.randint(2, 12), rng.uniform(1.2, 10)) for _ in range(6)]
+
+    def same(a: list, b: list) -> bool:
+        return len(a) == len(b) and all(math.isclose(u, v, rel_tol=1e-9) for u, v in zip(a, b))
+
     for lr, G, factor in cases:
         want = [lr / factor ** (G - 1 - k) for k in range(G)]
         case = f"lr={lr:.3g}, num_groups={G}, factor={factor:.3g}"
@@ -405,7 +412,6 @@ def check_discriminative_lrs(call) -> Problem | None:
         except (TypeError, ValueError):
             return Problem(f"{case}: expected a list of numbers, got {type(got).__name__}",
                            "return one learning rate per group, e.g. a list comprehension over range(num_groups)")
-        same = lambda a, b: len(a) == len(b) and all(math.isclose(u, v, rel_tol=1e-9) for u, v in zip(a, b))
         if same(got, want):
             continue
         if len(got) != G:
@@ -948,7 +954,8 @@ def check_loha_delta(call) -> Problem | None:
         if close(got, scaling * (w1_a @ w1_b + w2_a @ w2_b)):
             return Problem(f"{case}: that adds the two products; LoHa multiplies them element by element")
         if out == n_in and close(got, scaling * (w1_a @ w1_b) @ (w2_a @ w2_b)):
-            return Problem(f"{case}: that is a matrix product of the two (out, in) matrices; LoHa's `*` is element-wise")
+            return Problem(f"{case}: that is a matrix product of the two (out, in) matrices; "
+                           "LoHa's `*` is element-wise")
         return Problem(f"{case}: the values differ from LoHa's change")
     return None
 
@@ -1011,8 +1018,8 @@ def check_temperature_sampling(call) -> Problem | None:
     ``sizes = {task: n_i}``. Random numbers of tasks and sizes, T from 0.5 to 100; ``sizes`` must not change."""
     rng = random.Random(14)
     cases = [({"small": 100, "medium": 900, "big": 10000}, T) for T in (1.0, 2.0, 5.0)]
-    cases += [({f"task{i}": rng.randint(1, 10**5) for i in range(rng.randint(2, 6))}, rng.choice([0.5, 1.5, 3, 10, 100]))
-              for _ in range(5)]
+    cases += [({f"task{i}": rng.randint(1, 10**5) for i in range(rng.randint(2, 6))},
+               rng.choice([0.5, 1.5, 3, 10, 100])) for _ in range(5)]
     for sizes, T in cases:
         weights = {t: n ** (1 / T) for t, n in sizes.items()}
         want = {t: w / sum(weights.values()) for t, w in weights.items()}
@@ -1139,7 +1146,8 @@ def ewc_reference(params: dict, anchors: dict, fisher: dict, ewc_lambda: float) 
 @exercise("the EWC penalty", task="the EWC penalty",
           where="notebook 09, section 2, EWC: lambda * sum_i F_i (theta_i - theta*_i)^2; each weight's squared move "
                 "is weighted by its Fisher value, how much it mattered for the old task",
-          sketch="total = sum over names k of (______ * (params[k] - anchors[k]) ** 2).sum(); return ewc_lambda * total",
+          sketch="total = sum over names k of (______ * (params[k] - anchors[k]) ** 2).sum(); "
+                 "return ewc_lambda * total",
           refuse=("ftlab.continual:EWC",))
 def check_ewc_penalty(call) -> Problem | None:
     """Exercise (notebook 09, find the bug): ``fn(params, anchors, fisher, ewc_lambda)`` returns EWC's penalty, a
@@ -1435,7 +1443,8 @@ def check_step_memory(call) -> Problem | None:
 @exercise("the learning rates of an LR range test", task="the LR range test's schedule",
           where="notebook 14, the learning-rate range test: the rate grows by the same factor at every step, from "
                 "start_lr at the first step to exactly end_lr at the last; num_steps rates make num_steps - 1 steps",
-          sketch="factor = (end_lr / start_lr) ** (1 / ______); return [start_lr * factor ** ____ for i in range(num_steps)]")
+          sketch="factor = (end_lr / start_lr) ** (1 / ______); "
+                 "return [start_lr * factor ** ____ for i in range(num_steps)]")
 def check_lr_range(call) -> Problem | None:
     """Exercise (notebook 14): ``fn(num_steps, start_lr, end_lr)`` returns the ``num_steps`` learning rates of an LR
     range test: exponential (each a constant factor above the one before) from ``start_lr`` to exactly ``end_lr``.
@@ -1644,8 +1653,9 @@ def check_accumulation_losses(call) -> Problem | None:
             for j, g in enumerate(grads):
                 if j != i and g is not None and g.abs().max() > 0:
                     return Problem(f"{case}: loss {i} depends on micro-batch {j}: with accumulation, micro-batch {j} "
-                                   "is not in memory when micro-batch {i} runs backward")
-            if grads[i] is None or not torch.allclose(grads[i].double(), torch.full_like(losses[i], 1 / total).double()):
+                                   f"is not in memory when micro-batch {i} runs backward")
+            expected = torch.full_like(losses[i], 1 / total).double()
+            if grads[i] is None or not torch.allclose(grads[i].double(), expected):
                 return Problem(f"{case}: the gradient of loss {i} with respect to its tokens is not 1 / {total} each")
     return None
 
@@ -1715,8 +1725,9 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     width = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
     height = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
     inter = width * height
-    area = lambda box: (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])
-    union = area(a) + area(b) - inter
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a + area_b - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(a.dtype).tiny), torch.zeros_like(union))
 
 

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftlab.config import mode as current_mode, seed_everything
+from ftlab.config import mode as current_mode
+from ftlab.config import seed_everything
 from ftlab.measure import MEMORY_PARTS, count_parameters, memory_report, time_step
 from ftlab.methods import apply, available
 from ftlab.train import evaluate, fit
@@ -171,7 +172,7 @@ def resolve_methods(methods, task: str, model: str | None = None) -> tuple[dict,
             raise ValueError(f"unknown method {name!r}; choose from: {', '.join(available())}")
         runs[label] = (name, {**TASK_SETTINGS.get(task, {}).get(name, METHOD_OPTIONS[task].get(name, {})), **options})
     base, _ = load_task_model(task, model)
-    for label, (name, options) in runs.items():
+    for name, options in runs.values():
         try:
             apply_method(copy.deepcopy(base), task, name, {k: v for k, v in options.items() if k != "lr"})
         except (ValueError, TypeError) as err:
@@ -299,15 +300,16 @@ def run_method(base, task: str, name: str, options: dict, data: dict, *, seed: i
         counts = count_parameters(net)
         clock = {"start": time.perf_counter(), "paused": 0.0}
 
-        def score(model, steps: int) -> None:
+        def score(model, steps: int, counts=counts, clock=clock) -> None:  # bound to this run's counts and clock
             pause = time.perf_counter()
             rows.append({"num_steps": steps, "lr": lr, "trainable": counts["trainable"], "total": counts["total"],
                          "trainable %": counts["percent"], "value": data["test"](model),
                          "validation": data["validation"](model),
-                         "validation_loss": data["validation_loss"](model), "seconds": pause - clock["start"] - clock["paused"]})
+                         "validation_loss": data["validation_loss"](model),
+                         "seconds": pause - clock["start"] - clock["paused"]})
             clock["paused"] += time.perf_counter() - pause
 
-        def on_step(step: int, model, optimizer) -> None:  # called before step `step`: `step` steps are done
+        def on_step(step: int, model, optimizer, run=run) -> None:  # before step `step`: `step` steps are done
             if step in run[:-1]:
                 score(model, step)
 
@@ -454,12 +456,13 @@ def verdict(df: pd.DataFrame, a: str, b: str, value: str | None = None, by: str 
 
 
 def rank_sweep(ranks: list[int], alphas: list[float] | None = None, *, targets: list[str] | str | None = None,
-               lr: float = 1e-3, **kwargs) -> pd.DataFrame:
+               lr: float | None = None, **kwargs) -> pd.DataFrame:
     """LoRA at several ranks on one task: ``compare`` with one run per (r, alpha) and seed, plus ``r`` and ``alpha``.
 
     ``alphas`` gives one ``lora_alpha`` per rank (default ``2 * r``, so scaling = alpha / r stays 2
-    and only the rank changes). ``targets`` and ``lr`` apply to every run; ``kwargs`` go to
-    ``compare`` (``seeds``, ``num_steps``, ``batch_size``, ``sizes``, ...). Trainable parameters grow
+    and only the rank changes). ``targets`` and ``lr`` apply to every run (default ``lr``: LoRA's
+    chosen rate for the task, ``TASK_SETTINGS``); ``kwargs`` go to
+    ``compare`` (``task``, ``seeds``, ``num_steps``, ``batch_size``, ``sizes``, ...). Trainable parameters grow
     linearly in r: each adapted (out, in) layer adds r * (in + out). ``summarize(df)`` gives the
     spread over seeds per rank.
     """
@@ -471,7 +474,8 @@ def rank_sweep(ranks: list[int], alphas: list[float] | None = None, *, targets: 
     pairs = {f"r={r} alpha={alpha:g}": (r, alpha) for r, alpha in zip(ranks, alphas)}
     if len(pairs) != len(ranks):
         raise ValueError(f"each (r, alpha) pair must appear once, got ranks {ranks} and alphas {alphas}")
-    runs = {label: {"method": "lora", "lr": lr, "r": r, "lora_alpha": alpha, "targets": targets}
+    chosen = {} if lr is None else {"lr": lr}  # without lr, compare takes LoRA's rate for the task
+    runs = {label: {"method": "lora", "r": r, "lora_alpha": alpha, "targets": targets, **chosen}
             for label, (r, alpha) in pairs.items()}
     kwargs.setdefault("measure", False)
     df = compare(runs, **kwargs)

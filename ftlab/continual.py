@@ -46,7 +46,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd

@@ -24,7 +24,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist

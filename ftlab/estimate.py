@@ -82,7 +82,8 @@ CONFIGS: dict[str, dict] = {
     "gpt2-large": {"source": "GPT-2 large, 774M (Radford et al. 2019; hub config openai-community/gpt2-large)",
                    "model_type": "gpt2", "n_layer": 36, "n_embd": 1280, "n_head": 20, "vocab_size": 50257,
                    "n_positions": 1024},
-    "gpt2-xl": {"source": "GPT-2 XL, 1.5B (Radford et al. 2019; ZeRO's 1.5B example; hub config openai-community/gpt2-xl)",
+    "gpt2-xl": {"source": "GPT-2 XL, 1.5B (Radford et al. 2019; ZeRO's 1.5B example; "
+                          "hub config openai-community/gpt2-xl)",
                 "model_type": "gpt2", "n_layer": 48, "n_embd": 1600, "n_head": 25, "vocab_size": 50257,
                 "n_positions": 1024},
     "gpt3-175b": {"source": "GPT-3 175B (Brown et al. 2020, Table 2.1: 96 layers, d_model 12288, 96 heads, "
@@ -338,7 +339,8 @@ def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
 
 
 class FusedAttention(TorchFunctionMode):
-    """Inside ``with FusedAttention(device):`` every ``F.scaled_dot_product_attention`` call runs ``fused_attention``."""
+    """Inside ``with FusedAttention(device):`` every ``F.scaled_dot_product_attention`` call runs
+    ``fused_attention``."""
 
     def __init__(self, device: str):
         super().__init__()
@@ -437,7 +439,8 @@ class SavedByBlock:
         return sum(saved.values())
 
     def kept_bytes(self) -> int:
-        """With checkpointing, kept from forward to backward: what is saved outside the blocks and each block's inputs."""
+        """With checkpointing, kept from forward to backward: what is saved outside the blocks and each block's
+        inputs."""
         return sum({**self.outside, **self.inputs}.values())
 
     def recomputed_bytes(self) -> int:
@@ -458,7 +461,8 @@ def example_batch(model: nn.Module, batch_size: int, length: int, dtype: torch.d
 
 
 def check_length(model: nn.Module, seq_len: int | None, image_size: int | None) -> int:
-    """The batch's length: ``image_size`` (side of a square image, pixels) for a ResNet, ``seq_len`` (tokens) otherwise."""
+    """The batch's length: ``image_size`` (side of a square image, pixels) for a ResNet, ``seq_len`` (tokens)
+    otherwise."""
     if model_family(model) == "resnet":
         if seq_len is not None or image_size is None:
             raise ValueError("a ResNet takes image_size= (the side of a square input image in pixels, e.g. 224), "

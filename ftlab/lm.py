@@ -11,7 +11,7 @@ pretrained with them, ``tools/pretrain_gpt2.py``; notebooks 01 and 04 measure wi
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -21,7 +21,7 @@ N full copies (``storage_cost``).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 import torch
@@ -392,7 +392,7 @@ def compare_sampling(tasks: dict[str, dict] | None = None, *, num_steps: int = 8
                  for t, d in data.items()}
         test = {t: Tagged(image_loader(d["test"], batch_size=250), t) for t, d in data.items()}
 
-        def fresh_model() -> MultiHeadModel:
+        def fresh_model(seed=seed, data=data) -> MultiHeadModel:  # bound to this seed's tasks
             seed_everything(seed)
             return multi_head(load_resnet(num_classes=None), {t: d["num_classes"] for t, d in data.items()}, seed=seed)
 

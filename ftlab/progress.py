@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 # Redraw at most this often (seconds): a bar that redraws at every step slows a fast loop down.
 REDRAW_EVERY = 0.1
 
 
 def progress(iterable: Iterable | int | None = None, *, total: int | None = None, desc: str = "",
-             unit: str = "steps", leave: bool = True, disable: bool = False) -> "Bar":
+             unit: str = "steps", leave: bool = True, disable: bool = False) -> Bar:
     """A progress bar over ``iterable`` (or over ``total`` steps counted with ``update``).
 
     ``progress(range(80), desc="fit")``, ``progress(80)`` and ``progress(total=80)`` all count to 80.
@@ -82,7 +82,7 @@ class Bar:
             raise TypeError("this bar has no total")
         return self.total
 
-    def __enter__(self) -> "Bar":
+    def __enter__(self) -> Bar:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -44,7 +44,8 @@ LADDER = (("bf16-mixed", False, False), ("bf16-mixed", True, True), ("bf16", Tru
 NOT_SWITCHABLE = ("full",)  # every task is a whole model: serving several means several models
 LORA_FAMILY = ("lora", "dora", "loha", "lokr")
 COLUMNS = ["method", "fits", "precision", "gradient_checkpointing", "batch_size", "memory_gib", "trainable_parameters",
-           "storage_per_task_mib", "storage_all_tasks_gib", "switchable", "quality_vs_full", "quality_spread", "reasons"]
+           "storage_per_task_mib", "storage_all_tasks_gib", "switchable", "quality_vs_full", "quality_spread",
+           "reasons"]
 
 
 # ---------------------------------------------------------------- memory: the cheapest setting that fits

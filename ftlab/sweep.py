@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -54,12 +53,25 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ftlab.compare import (CHECKPOINTS, IMAGE_TASKS, LEARNING_RATES_FILE, METHOD_OPTIONS, METRICS, TASK_SETTINGS,
-                           check_seeds, default_budget, fit_options, load_task_model, resolve_methods, run_method,
-                           task_data)
+from ftlab.compare import (
+    CHECKPOINTS,
+    IMAGE_TASKS,
+    LEARNING_RATES_FILE,
+    METHOD_OPTIONS,
+    METRICS,
+    TASK_SETTINGS,
+    check_seeds,
+    default_budget,
+    fit_options,
+    load_task_model,
+    resolve_methods,
+    run_method,
+    task_data,
+)
 from ftlab.config import mode
 from ftlab.train import FitError
 from ftlab.validate import check_positive_int
+from ftlab.zoo import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "data" / "results"
@@ -75,15 +87,6 @@ CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json", "vocab
 # ---------------------------------------------------------------- provenance
 
 
-def sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, as 64 hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checkpoint_hashes(task: str) -> dict[str, str]:
     """SHA-256 of the files of the checkpoint ``task`` fine-tunes (weights, config, tokenizer), by
     ``family/name/file``: ``{"resnet/glyphs/resnet18_glyphs.safetensors": "9f2c..."}``."""
@@ -92,7 +95,7 @@ def checkpoint_hashes(task: str) -> dict[str, str]:
     family, name = CHECKPOINTS[task]
     path = Path(OFFLINE[family][name]())
     files = [path] if path.is_file() else [path / f for f in CHECKPOINT_FILES if (path / f).is_file()]
-    return {f"{family}/{name}/{f.name}": sha256(f) for f in files}
+    return {f"{family}/{name}/{f.name}": file_sha256(f) for f in files}
 
 
 def git_commit() -> str:
@@ -475,7 +478,12 @@ def check_results(json_path: str | Path, rates_file: str | Path = LEARNING_RATES
         for name, entry in stored_rates.items():
             if "validation" not in entry:
                 continue
-            picked, _ = choose_rate(rows[(rows.method == name) & rows.seed.isin(entry.get("seeds", rows.seed))])
+            own = rows[(rows.method == name) & rows.seed.isin(entry.get("seeds", rows.seed))]
+            if own.empty:
+                problems.append(f"method {name}: {Path(rates_file).name} says it was tuned, the grid has no rows "
+                                f"for it")
+                continue
+            picked, _ = choose_rate(own)
             if not math.isclose(picked, entry["lr"], rel_tol=1e-6):
                 problems.append(f"method {name}: {Path(rates_file).name} says lr {entry['lr']:g}, the grid's rows "
                                 f"pick {picked:g}")

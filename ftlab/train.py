@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import math
 import random
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ def evaluate(model: torch.nn.Module, data: Iterable, *, device: torch.device | s
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total_loss, correct, seen, batches = 0.0, 0, 0, 0
+    total_loss, correct, seen = 0.0, 0, 0
     for batch in itertools.islice(data, max_batches):
         batch = to_device(batch, device, dtype)
         loss, logits = forward(model, batch)
@@ -139,7 +139,6 @@ def evaluate(model: torch.nn.Module, data: Iterable, *, device: torch.device | s
         n = int(mask.sum().item())
         seen += n
         total_loss += loss.item() * n
-        batches += 1
     model.train(was_training)
     if seen == 0:
         raise ValueError("evaluate got no labelled examples: is the data empty?")
@@ -290,7 +289,8 @@ def _check_fit_options(model, train_data, *, num_steps, lr, optimizer, weight_de
     check_number("lr", lr, minimum=0.0)  # 0 is allowed: a run that changes nothing, as a baseline
     check_number("weight_decay", weight_decay, minimum=0.0)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for AdamW), got {type(optimizer).__name__}")
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for AdamW), "
+                        f"got {type(optimizer).__name__}")
     if max_grad_norm is not None:
         check_number("max_grad_norm", max_grad_norm, minimum=0.0, strict_minimum=True)
     check_int("warmup_steps", warmup_steps, minimum=0)
@@ -627,7 +627,8 @@ def lr_find(model: torch.nn.Module, train_data: Iterable, *, start_lr: float = 1
         raise ValueError(f"beta must be in [0, 1) (0 means no smoothing), got {beta:g}")
     check_number("diverge", diverge, minimum=1.0, strict_minimum=True)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for AdamW), got {type(optimizer).__name__}")
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (or None for AdamW), "
+                        f"got {type(optimizer).__name__}")
     if train_data is None or not hasattr(train_data, "__iter__"):
         raise TypeError(f"train_data must be a list or loader of batches, got {type(train_data).__name__}")
     if hasattr(train_data, "__len__") and len(train_data) == 0:

@@ -22,11 +22,12 @@ import time
 import pandas as pd
 import torch
 
-from ftlab.compare import check_seeds, summarize as summarize_runs
+from ftlab.compare import check_seeds
+from ftlab.compare import summarize as summarize_runs
 from ftlab.config import seed_everything
 from ftlab.measure import count_parameters
-from ftlab.progress import progress as progress_bar
 from ftlab.methods.freeze import discriminative_param_groups, freeze_to, gradual_unfreezing
+from ftlab.progress import progress as progress_bar
 from ftlab.tasks.images import image_loader, make_digits
 from ftlab.train import evaluate, fit
 from ftlab.zoo import load_resnet

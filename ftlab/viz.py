@@ -5,11 +5,19 @@ browser; a widget only wraps one of these functions.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 
 from ftlab.measure import MEMORY_PARTS
+
+
+def _finish(fig):
+    """Lay ``fig`` out and close it, so that Jupyter's inline backend shows it once (as the value returned); returns
+    ``fig``."""
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
 
 def plot_memory(rows: Sequence[dict], unit: str = "MB", ax=None):
@@ -222,7 +230,8 @@ def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", 
 
 
 def plot_abs_matrix(matrix, title: str = "|delta W|"):
-    """An image of the absolute values of a 2-D matrix (e.g. a weight change), with a colour bar: block structure shows."""
+    """An image of the absolute values of a 2-D matrix (e.g. a weight change), with a colour bar: block structure
+    shows."""
     import torch
 
     matrix = torch.as_tensor(matrix).detach().double()
@@ -252,16 +261,19 @@ def plot_rank_sweep(df, highlight: int | None = None, metric: str = "test accura
     ax_params.set_xlabel("rank r (log scale)")
     ax_params.set_ylabel("trainable parameters")
     ax_params.set_title("parameters grow linearly in r")
+    labelled = {}  # labels already placed at each parameter count: the alphas of one rank share an x position
     for r, alpha in configs:
         rows = df[(df["r"] == r) & (df["alpha"] == alpha)]
         color = "C3" if (r, alpha) == marked else "C0"
         px, values = float(rows["trainable"].iloc[0]), 100 * rows[metric].astype(float)
+        below = labelled.get(px, 0)
+        labelled[px] = below + 1
         ax_acc.scatter([px] * len(values), values, color=color, s=12, alpha=0.45, linewidths=0)
         mean = values.mean()
         ax_acc.errorbar([px], [mean], yerr=[[mean - values.min()], [values.max() - mean]], color=color, marker="o",
                         capsize=3, linestyle="none")
-        ax_acc.annotate(f"r={r}, alpha={alpha:g}", (px, mean), textcoords="offset points", xytext=(6, 4), fontsize=8,
-                        color=color)
+        ax_acc.annotate(f"r={r}, alpha={alpha:g}", (px, mean), textcoords="offset points", xytext=(6, 4 - 11 * below),
+                        fontsize=8, color=color)
     seeds = df.groupby(["r", "alpha"]).size()
     ax_acc.set_xscale("log")
     ax_acc.set_xlabel("trainable parameters (log scale)")
@@ -429,9 +441,7 @@ def plot_train_val(history: dict, smooth: int = 5):
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
 
 
 def plot_lr_find(result: dict, ax=None):
@@ -454,9 +464,7 @@ def plot_lr_find(result: dict, ax=None):
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
 
 
 # ---- evidence
@@ -571,9 +579,7 @@ def plot_memory_by_model_size(df, gpus: Sequence[float] = (16, 24, 48, 80)):
     ax.set_xlabel("parameters")
     ax.set_ylabel("memory of one training step (GiB)")
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return _finish(fig)
 
 
 def plot_recommendation(table):
@@ -601,7 +607,56 @@ def plot_recommendation(table):
     ax_quality.set_xlabel("metric minus full fine-tuning's")
     ax_memory.set_yticks(list(y), list(rows["method"]))
     ax_memory.invert_yaxis()
-    fig.tight_layout()
+    return _finish(fig)
+
+
+# ---- nbB1
+
+def plot_round_trip(result: dict, weight_std: float, reference: dict | None = None, error_range: float = 2.5):
+    """One quantisation setting of a weight, from ``ftlab.methods.nf4.round_trip``'s ``result``, in two panels:
+    the histogram of the rounding errors W - W_hat in units of the weight's standard deviation ``weight_std``
+    (log count axis, fixed range +-``error_range``; errors beyond it are counted in the outermost bins), and the
+    setting's place in the plane of bits per weight against relative error. ``reference``: another round_trip
+    result (e.g. QLoRA's default: nf4, block 64, double quantisation) drawn in grey in both panels, unless it is
+    the same setting. The axes stay fixed for the usual settings, so that a widget's updates compare by eye."""
+    import numpy as np
+
+    def label(r: dict) -> str:
+        return f"{r['quant_type']}, block {r['block_size']}, double quant {'on' if r['double_quant'] else 'off'}"
+
+    if reference is not None and label(reference) == label(result):
+        reference = None  # the same setting: drawn once
+
+    # fixed margins instead of tight_layout, and one drawn step curve per histogram: an update stays well under a second
+    fig, (ax_hist, ax_plane) = plt.subplots(1, 2, figsize=(10.5, 3.6), gridspec_kw={"width_ratios": [1.5, 1]})
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.9, wspace=0.25)
+    bins = np.linspace(-error_range, error_range, 121)
+    shown = [r for r in (result, reference) if r is not None]  # the reference's outline on top
+    for r in shown:
+        errors = np.clip(r["error"].double().numpy().ravel() / weight_std, -error_range, error_range)
+        counts, _ = np.histogram(errors, bins=bins)
+        style = {"color": "0.55", "linewidth": 1.2} if r is reference else {"color": "C0", "alpha": 0.75, "fill": True}
+        ax_hist.stairs(counts, bins, label=label(r), **style)
+    ax_hist.set_yscale("log")
+    ax_hist.set_xlabel("rounding error (W - W_hat) / std(W)")
+    ax_hist.set_ylabel("weights (log scale)")
+    ax_hist.set_title(f"{label(result)}: {result['bits_per_parameter']:.3f} bits per weight", fontsize=10)
+    ax_hist.legend(fontsize=8, loc="upper right")
+
+    for r in shown:
+        colour = "0.55" if r is reference else "C0"
+        ax_plane.scatter([r["bits_per_parameter"]], [r["relative_error"]], color=colour, s=60, zorder=3)
+        ax_plane.annotate(f"{r['bits_per_parameter']:.3f} bits, {r['relative_error']:.4f}",
+                          (r["bits_per_parameter"], r["relative_error"]), textcoords="offset points",
+                          xytext=(8, 6 if r is result else -12), fontsize=8, color=colour)
+    bits = max(r["bits_per_parameter"] for r in shown)
+    worst = max(r["relative_error"] for r in shown)
+    ax_plane.set_xlim(3.9, max(6.6, bits + 0.6))
+    ax_plane.set_ylim(0, max(0.2, 1.2 * worst))
+    ax_plane.set_xlabel("stored bits per weight (float32: 32)")
+    ax_plane.set_ylabel("||W - W_hat|| / ||W||")
+    ax_plane.set_title("cost against error (lower left is better)", fontsize=10)
+    ax_plane.grid(alpha=0.3)
     plt.close(fig)
     return fig
 

@@ -23,8 +23,8 @@ How it shows things, and why:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from itertools import zip_longest
-from typing import Callable
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
@@ -37,7 +37,7 @@ UPDATES_CLASS = "ftlab-updates-"
 
 
 def explore(plot_fn: Callable, *, manual: bool = False, initial=None, button: str = "Run",
-            **controls) -> "Explorer":
+            **controls) -> Explorer:
     """Show controls for the keyword arguments of ``plot_fn`` and, under them, ``plot_fn``'s result.
 
     ``controls`` name parameters of ``plot_fn``; each is a widget or an abbreviation as in ``ipywidgets.interact``:

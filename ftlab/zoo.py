@@ -25,12 +25,13 @@ GPT-2 given to ``load_bert``), a folder without tokenizer files or with pickled 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -502,3 +503,12 @@ def load_causal_lm(name: str = "tiny", seed: int = 0):
     CPU, float32, and a tokenizer with a pad token.
     """
     return _load_causal(name, seed, "causal_lm")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits: names a checkpoint by its content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):  # 1 MiB at a time, so a large checkpoint fits in memory
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -58,7 +58,8 @@ def tiny_gpt2_chat():
     import torch
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(__file__).resolve().parent.parent / "data" / "gpt2_tiny")
+    folder = Path(__file__).resolve().parent.parent / "data" / "gpt2_tiny"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=len(tokenizer), n_positions=64,
                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,

@@ -86,7 +86,7 @@ def test_float16_entries_take_half_the_bytes_and_load_the_rounded_weights(tmp_pa
     cache.save_entry(model, tmp_path / "half", "toy", {}, {}, dtype=torch.float16)
     cache.save_entry(model, tmp_path / "full", "toy", {}, {})
     with safe_open(tmp_path / "half" / "model.safetensors", "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118 (safe_open has no __iter__)
     into = linear(7)
     cache.read_entry(into, tmp_path / "half", "toy", {})
     assert into.weight.dtype == torch.float32 and model.weight.dtype == torch.float32  # the original is not converted
@@ -97,7 +97,7 @@ def test_tied_weights_are_stored_once_and_stay_tied(tiny_gpt2_chat, tmp_path):
     model, _ = tiny_gpt2_chat
     cache.save_entry(model, tmp_path / "g", "toy", {}, {})
     with safe_open(tmp_path / "g" / "model.safetensors", "pt") as f:
-        assert len([k for k in f.keys() if k.endswith("wte.weight") or k == "lm_head.weight"]) == 1
+        assert len([k for k in f.keys() if k.endswith("wte.weight") or k == "lm_head.weight"]) == 1  # noqa: SIM118
     fresh = type(model)(model.config).eval()
     info, problem = cache.read_entry(fresh, tmp_path / "g", "toy", {})
     assert problem is None and same_weights(fresh, model)
@@ -177,7 +177,7 @@ def test_shipped_model_is_float16_safetensors_of_a_few_mb_with_its_card(kind):
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "info.json", "model.safetensors"]
     assert 4e6 < (folder / "model.safetensors").stat().st_size < 10e6
     with safe_open(folder / "model.safetensors", "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118 (safe_open has no __iter__)
     card, info = (folder / "README.md").read_text(), shipped_info(kind)
     after = info["results"]["after"]
     assert f"{(after['all'] if kind == 'sft' else after):.3f}" in card

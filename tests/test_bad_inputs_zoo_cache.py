@@ -220,7 +220,7 @@ def test_quiet_hides_library_futurewarnings_but_not_the_users_own():
         warnings.simplefilter("always")
         with zoo.quiet():
             warnings.warn_explicit("deprecated", **library)
-            warnings.warn("mine", FutureWarning)
+            warnings.warn("mine", FutureWarning, stacklevel=1)
         warnings.warn_explicit("deprecated", **library)
     assert [str(w.message) for w in caught] == ["mine", "deprecated"]
     assert logging.getLogger("bitsandbytes").level == bnb_level

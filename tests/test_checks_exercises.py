@@ -9,7 +9,8 @@ import math
 import re
 import string
 from collections import Counter
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -396,8 +397,8 @@ EXERCISES = {
         ["h @ W_down.T + b_down", "@ W_up.T + b_up"]),
     "adapter_init": Entry(
         checks.check_adapter_init, adapter_init,
-        [(adapter_init_bug, "have not moved"), (lambda d, b: tuple(torch.zeros(s) for s in ((b, d), (b,), (d, b), (d,))),
-                                                "have not moved"),
+        [(adapter_init_bug, "have not moved"),
+         (lambda d, b: tuple(torch.zeros(s) for s in ((b, d), (b,), (d, b), (d,))), "have not moved"),
          (lambda d, b: (torch.randn(b, d), torch.zeros(b), torch.randn(d, b), torch.zeros(d)), "identity"),
          (lambda d, b: (torch.full((b, d), 0.01), torch.zeros(b), torch.zeros(d, b), torch.zeros(d)), "copies"),
          (lambda d, b: (torch.randn(d, b), torch.zeros(b), torch.zeros(b, d), torch.zeros(d)), "shape")],
@@ -432,15 +433,16 @@ EXERCISES = {
     "prepend_virtual_tokens": Entry(
         checks.check_prepend_virtual_tokens, prepend_virtual_tokens,
         [(prepend_detached, "no gradient reaches the prompt"), (prepend_labels_zero, "virtual positions get labels"),
-         (lambda e, p, m, l: (torch.cat([e, p.expand(e.shape[0], -1, -1)], 1),) + prepend_virtual_tokens(e, p, m, l)[1:],
-          "after the tokens"),
+         (lambda e, p, m, l: ((torch.cat([e, p.expand(e.shape[0], -1, -1)], 1),)
+                              + prepend_virtual_tokens(e, p, m, l)[1:]), "after the tokens"),
          (lambda e, p, m, l: prepend_virtual_tokens(e, p, m, l)[:2] + (l,), "labels have shape")],
         ["prompt.expand(B, -1, -1)", "new_full((B, P), -100)"]),
     "loha_delta": Entry(
         checks.check_loha_delta, loha_delta,
         [(lambda a, b, c, d, s: (a @ b) * (c @ d), "scaling is missing"),
          (lambda a, b, c, d, s: s * (a @ b + c @ d), "adds the two products"),
-         (lambda a, b, c, d, s: s * (a @ b) @ (c @ d), "raised"), (lambda a, b, c, d, s: s * (a @ b).T * (c @ d).T, "shape")],
+         (lambda a, b, c, d, s: s * (a @ b) @ (c @ d), "raised"),
+         (lambda a, b, c, d, s: s * (a @ b).T * (c @ d).T, "shape")],
         ["(w1_a @ w1_b) * (w2_a @ w2_b)"]),
     "max_rank": Entry(
         checks.check_max_rank, max_rank,
@@ -526,7 +528,8 @@ EXERCISES = {
         ["16 * trainable + 2 * frozen"]),
     "qlora_bits": Entry(
         checks.check_qlora_bits, qlora_bits,
-        [(lambda b, s, d: 4 + 32 / b, "ignores double quantisation"), (lambda b, s, d: qlora_bits(b, s, d) / 8, "bytes"),
+        [(lambda b, s, d: 4 + 32 / b, "ignores double quantisation"),
+         (lambda b, s, d: qlora_bits(b, s, d) / 8, "bytes"),
          (lambda b, s, d: 4 + 8 / b if d else 4 + 32 / b, "scale"), (constant(4.127), "expected")],
         ["32 / (block_size * stats_block_size)"]),
     "accumulation_losses": Entry(
@@ -551,7 +554,8 @@ EXERCISES = {
         checks.check_best_span, best_span,
         [(lambda s, e, L: (s.argmax().item(), e.argmax().item()), "end before the start"),
          (best_span_too_long, "longer than max_answer_length"),
-         (lambda s, e, L: (best_span(s, e, L)[0], best_span(s, e, L)[1] + 1), "inclusive"), (constant((0, 0)), "you give")],
+         (lambda s, e, L: (best_span(s, e, L)[0], best_span(s, e, L)[1] + 1), "inclusive"),
+         (constant((0, 0)), "you give")],
         ["(j < i) | (j - i >= max_answer_length)"]),
 }
 

@@ -10,9 +10,22 @@ import torch
 
 from ftlab import compare as compare_module
 from ftlab.__main__ import main
-from ftlab.compare import (LEARNING_RATES_FILE, METHOD_OPTIONS, TASK_SETTINGS, applicable_methods, compare,
-                           default_budget, first_balanced, load_task_model, rank_sweep, run_method, summarize,
-                           summary_table, task_data, verdict)
+from ftlab.compare import (
+    LEARNING_RATES_FILE,
+    METHOD_OPTIONS,
+    TASK_SETTINGS,
+    applicable_methods,
+    compare,
+    default_budget,
+    first_balanced,
+    load_task_model,
+    rank_sweep,
+    run_method,
+    summarize,
+    summary_table,
+    task_data,
+    verdict,
+)
 from ftlab.measure import MEMORY_PARTS
 
 TINY = {"num_steps": 1, "batch_size": 4, "sizes": {"train": 8, "validation": 4, "test": 8}}
@@ -26,6 +39,12 @@ def test_rank_sweep_counts_r_times_in_plus_out_per_layer_and_adds_r_and_alpha_co
     assert df["trainable"].diff().iloc[1] == 6 * (384 + 384)
     assert df["test accuracy"].between(0, 1).all()
 
+
+
+def test_rank_sweep_trains_at_loras_chosen_rate_for_the_task_unless_given_one():
+    chosen = TASK_SETTINGS["sentiment"]["lora"]["lr"]
+    assert (rank_sweep([1], targets=["query"], **TINY)["lr"] == chosen).all()
+    assert (rank_sweep([1], targets=["query"], lr=chosen / 3, **TINY)["lr"] == chosen / 3).all()
 
 @pytest.mark.parametrize("ranks, alphas, message", [
     (4, None, "non-empty list"),

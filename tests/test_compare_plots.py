@@ -6,8 +6,7 @@ import pandas as pd
 import pytest
 
 from ftlab.methods import available
-from ftlab.viz import (method_styles, plot_comparison, plot_params_vs_accuracy, plot_rank_sweep, plot_spread,
-                       plot_sweep)
+from ftlab.viz import method_styles, plot_comparison, plot_params_vs_accuracy, plot_rank_sweep, plot_spread, plot_sweep
 
 
 def _runs(methods, seeds=(0, 1, 2)) -> pd.DataFrame:
@@ -75,6 +74,14 @@ def test_plot_rank_sweep_shows_each_rank_once_and_the_spread_over_seeds_with_the
     assert means == pytest.approx([55, 75, 90])
     assert ax_acc.get_title() == "mean and range over 2 seed(s)"
 
+
+
+def test_plot_rank_sweep_stacks_the_labels_of_alphas_that_share_a_rank():
+    df = pd.DataFrame({"r": [8, 8, 8], "alpha": [8, 16, 64], "seed": [0, 0, 0], "trainable": [800] * 3,
+                       "test accuracy": [0.70, 0.70, 0.71]})
+    ax_acc = plot_rank_sweep(df).axes[1]
+    offsets = [text.xyann for text in ax_acc.texts]
+    assert len(set(offsets)) == 3, "each label at its own offset, none drawn over another"
 
 def test_plot_sweep_draws_a_band_per_method_and_puts_the_live_run_on_top():
     rows = pd.DataFrame([{"method": m, "seed": s, "num_steps": n, "value": 0.5 + 0.001 * n + 0.01 * s + (m == "full")

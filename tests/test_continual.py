@@ -9,9 +9,23 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet18
 
-from ftlab.continual import (EWC, AdapterPerTask, LwF, Naive, Replay, ReplayBuffer, Scenario, Task, adapter_model,
-                             average_accuracy, backward_transfer, diagonal_fisher, distillation_loss, forgetting,
-                             run_sequence)
+from ftlab.continual import (
+    EWC,
+    AdapterPerTask,
+    LwF,
+    Naive,
+    Replay,
+    ReplayBuffer,
+    Scenario,
+    Task,
+    adapter_model,
+    average_accuracy,
+    backward_transfer,
+    diagonal_fisher,
+    distillation_loss,
+    forgetting,
+    run_sequence,
+)
 from ftlab.multitask import Tagged
 
 

@@ -10,8 +10,20 @@ from torchvision.models import resnet18
 
 from ftlab.measure import count_parameters
 from ftlab.methods.base import active_adapter
-from ftlab.multitask import (Mixture, MultiHeadModel, Tagged, add_task_adapters, compare_sampling, multi_head,
-                             select_task, storage_cost, storage_curve, tag, task_probabilities, train_task_adapters)
+from ftlab.multitask import (
+    Mixture,
+    MultiHeadModel,
+    Tagged,
+    add_task_adapters,
+    compare_sampling,
+    multi_head,
+    select_task,
+    storage_cost,
+    storage_curve,
+    tag,
+    task_probabilities,
+    train_task_adapters,
+)
 from ftlab.train import evaluate, fit
 
 

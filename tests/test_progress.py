@@ -83,7 +83,7 @@ def test_drop_in_for_fits_tqdm_call(capsys):
     """The call ftlab.train.fit makes: tqdm(range(n), disable=not progress, desc="fit", leave=False)."""
     for show in (True, False):
         bar = progress(range(3), disable=not show, desc="fit", leave=False)
-        for step in bar:
+        for _ in bar:
             bar.set_postfix(loss=f"{0.5:.4f}")
     assert capsys.readouterr().err == ""
 

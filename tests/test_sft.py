@@ -261,9 +261,8 @@ def test_reference_sharing_trainable_weights_is_an_error(tiny_gpt2_chat, untouch
 
 def test_adapter_disabled_reference_needs_adapters(tiny_gpt2_chat):
     model, _ = tiny_gpt2_chat
-    with pytest.raises(ValueError, match="has no adapters"):
-        with as_reference(model, None):
-            pass
+    with pytest.raises(ValueError, match="has no adapters"), as_reference(model, None):
+        pass
 
 
 def test_mixed_demonstrations_answer_with_chosen_or_rejected_at_random():

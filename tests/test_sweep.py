@@ -12,11 +12,22 @@ import pytest
 
 from ftlab import sweep as sweep_module
 from ftlab.__main__ import main
+from ftlab.compare import LEARNING_RATES_FILE, compare, load_learning_rates
+from ftlab.sweep import (
+    COLUMNS,
+    LADDER,
+    RESULTS_DIR,
+    check_results,
+    check_writable,
+    checkpoint_hashes,
+    choose_rate,
+    extend,
+    grid,
+    load_results,
+    rows_from_compare,
+)
 from ftlab.train import FitError
-from ftlab.compare import LEARNING_RATES_FILE, load_learning_rates
-from ftlab.compare import compare
-from ftlab.sweep import (COLUMNS, LADDER, RESULTS_DIR, check_results, check_writable, checkpoint_hashes, choose_rate,
-                         extend, grid, load_results, rows_from_compare, sha256)
+from ftlab.zoo import file_sha256
 
 
 def test_grid_takes_one_ladder_rung_below_the_start_and_two_above():
@@ -197,11 +208,13 @@ def test_check_results_names_a_tuned_rate_that_the_grid_rows_do_not_pick(tmp_pat
     method = rows.method.iloc[0]
     rows = pd.concat([rows, rows[rows.method == method].assign(lr=0.1, validation=0.9)], ignore_index=True)
     rows.to_csv(json_path.with_suffix(".csv"), index=False)
-    rates = json.loads(LEARNING_RATES_FILE.read_text())
-    rates["digits"][method] = {"lr": rows.lr.iloc[0], "validation": {}}  # claims the grid chose the first rate
+    other = next(name for name in load_learning_rates()["digits"] if name not in set(rows.method))
+    rates = {"digits": {method: {"lr": rows.lr.iloc[0], "validation": {}},  # claims the grid chose the first rate
+                        other: {"lr": 1e-3, "validation": {}}}}  # claims a tuning the grid has no rows for
     (tmp_path / "rates.json").write_text(json.dumps(rates))
     assert check_results(json_path, tmp_path / "rates.json") == [
-        f"method {method}: rates.json says lr {rows.lr.iloc[0]:g}, the grid's rows pick 0.1"]
+        f"method {method}: rates.json says lr {rows.lr.iloc[0]:g}, the grid's rows pick 0.1",
+        f"method {other}: rates.json says it was tuned, the grid has no rows for it"]
 
 
 @pytest.mark.parametrize("json_path", sorted(RESULTS_DIR.glob("*.json")), ids=lambda p: p.name)
@@ -209,9 +222,9 @@ def test_shipped_results_were_made_with_the_current_checkpoints_settings_and_lea
     assert check_results(json_path) == [], f"{json_path.name} is stale: rerun the command in its provenance"
 
 
-def test_sha256_is_the_full_hex_digest_of_the_file(tmp_path):
+def test_file_sha256_is_the_full_hex_digest_of_the_file(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
-    assert sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert file_sha256(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert shutil.which("git") is None or sweep_module.git_commit() != "unknown"
 
 

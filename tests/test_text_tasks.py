@@ -171,17 +171,17 @@ def test_instruction_answers_are_right_and_wrong_answers_differ():
         instruction = e["prompt"].removeprefix("Question: ").removesuffix("\nAnswer:")
         phrase = instruction.split(": ")[-1].split()
         expected = {
-            "copy": lambda: " ".join(phrase),
-            "reverse": lambda: " ".join(phrase[::-1]),
-            "last_word": lambda: phrase[-1],
-            "count": lambda: corpus.NUMBERS[len(phrase) - 1],
-            "plural": lambda: corpus.plural(instruction.split()[-1].rstrip("?")),
-            "past": lambda: corpus.past(instruction.split()[-1].rstrip("?")),
-            "who_has": lambda: re.search(rf"(\w+) has an? \w+ {instruction.split()[-1].rstrip('?')}\.",
-                                         instruction).group(1),
-            "what_color": lambda: re.search(rf"has an? (\w+) {instruction.split()[-1].rstrip('?')}\.",
-                                            instruction).group(1),
-        }[e["kind"]]()
+            "copy": lambda phrase, instruction: " ".join(phrase),
+            "reverse": lambda phrase, instruction: " ".join(phrase[::-1]),
+            "last_word": lambda phrase, instruction: phrase[-1],
+            "count": lambda phrase, instruction: corpus.NUMBERS[len(phrase) - 1],
+            "plural": lambda phrase, instruction: corpus.plural(instruction.split()[-1].rstrip("?")),
+            "past": lambda phrase, instruction: corpus.past(instruction.split()[-1].rstrip("?")),
+            "who_has": lambda phrase, instruction: re.search(
+                rf"(\w+) has an? \w+ {instruction.split()[-1].rstrip('?')}\.", instruction).group(1),
+            "what_color": lambda phrase, instruction: re.search(
+                rf"has an? (\w+) {instruction.split()[-1].rstrip('?')}\.", instruction).group(1),
+        }[e["kind"]](phrase, instruction)
         assert e["answer"] == expected, e
         assert e["wrong"] != e["answer"], e
         assert e["prompt"].startswith("Question: ") and e["prompt"].endswith("\nAnswer:")
@@ -247,7 +247,7 @@ def test_topic_is_deterministic_and_balanced():
 def test_topic_test_words_never_occur_in_training():
     data = topic.make_topic(0)
     seen = {split: set().union(*(words(text) for text, _ in data[split])) for split in SPLITS}
-    for label, name in enumerate(topic.LABELS):
+    for name in topic.LABELS:
         held_out = set(topic.WORDS[name]["test"])
         assert not held_out & (seen["train"] | seen["validation"])
         assert not set(topic.WORDS[name]["validation"]) & seen["train"]

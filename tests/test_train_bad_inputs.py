@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ftlab.train import FitError, fit
+
 from test_train import toy_problem
 
 
@@ -199,7 +200,8 @@ def test_fit_refuses_a_model_without_trainable_parameters(untouched):
 def test_fit_refuses_bfloat16_weights_unless_precision_says_bf16(untouched):
     model = mlp().to(torch.bfloat16)
     check = untouched(model)
-    with pytest.raises(ValueError, match="bfloat16 but precision='fp32' expects float32 weights: pass precision='bf16'"):
+    message = "bfloat16 but precision='fp32' expects float32 weights: pass precision='bf16'"
+    with pytest.raises(ValueError, match=message):
         fit(model, toy_problem(), num_steps=1, progress=False, device="cpu")
     check()
 

@@ -9,9 +9,10 @@ import transformers
 from torch import nn
 
 import ftlab
-from builders import resnet18, tiny_gpt2
 from ftlab.measure import SavedActivations
 from ftlab.train import FitError, checkpointed, default_loss, fit
+
+from builders import resnet18, tiny_gpt2
 from test_train import toy_problem
 
 
@@ -205,7 +206,7 @@ def test_fit_with_gradient_checkpointing_trains_the_same_steps():
 def test_checkpointed_refuses_a_model_it_does_not_know(untouched):
     model = nn.Sequential(nn.Linear(2, 2))
     check = untouched(model)
-    with pytest.raises(ValueError, match="needs a transformers model .* or a torchvision ResNet.*torch.utils.checkpoint"):
-        with checkpointed(model):
-            pass
+    message = "needs a transformers model .* or a torchvision ResNet.*torch.utils.checkpoint"
+    with pytest.raises(ValueError, match=message), checkpointed(model):
+        pass
     check()

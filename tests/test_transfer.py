@@ -3,8 +3,14 @@ import pytest
 
 from ftlab import transfer
 from ftlab.compare import summarize as summarize_runs
-from ftlab.transfer import (FREEZE_RECIPES, compare_freezing, compare_pretrained, finetune_digits, steps_to_fraction,
-                            summarize)
+from ftlab.transfer import (
+    FREEZE_RECIPES,
+    compare_freezing,
+    compare_pretrained,
+    finetune_digits,
+    steps_to_fraction,
+    summarize,
+)
 
 
 def test_steps_to_fraction_finds_the_first_step_at_90_percent_of_the_final_accuracy():
@@ -57,7 +63,8 @@ def test_compare_pretrained_searches_the_same_rates_for_both_and_runs_every_sett
     assert result["lr"] == {"glyphs": 1e-3, "scratch": 3e-3}  # each model keeps its best validation rate
     runs = result["runs"]
     assert sorted(zip(runs.model, runs.labels_per_class, runs.seed, runs.lr)) == sorted(
-        [("glyphs", k, s, 1e-3) for k in (1, 2) for s in (0, 1)] + [("scratch", k, s, 3e-3) for k in (1, 2) for s in (0, 1)])
+        [("glyphs", k, s, 1e-3) for k in (1, 2) for s in (0, 1)]
+        + [("scratch", k, s, 3e-3) for k in (1, 2) for s in (0, 1)])
     assert list(result["summary"].index) == [1, 2] and (result["summary"].gain == 0).all()
     spread = result["spread"]
     assert list(zip(spread.model, spread.labels_per_class, spread.n)) == [("glyphs", 1, 2), ("glyphs", 2, 2),

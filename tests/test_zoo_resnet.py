@@ -47,7 +47,8 @@ def test_default_is_the_pretrained_backbone_with_a_new_seeded_head():
 
 def test_scratch_is_the_same_architecture_with_different_weights():
     scratch, pretrained = load_resnet("scratch"), load_resnet()
-    assert [(n, p.shape) for n, p in scratch.named_parameters()] == [(n, p.shape) for n, p in pretrained.named_parameters()]
+    shapes = [(n, p.shape) for n, p in scratch.named_parameters()]
+    assert shapes == [(n, p.shape) for n, p in pretrained.named_parameters()]
     assert not torch.allclose(scratch.conv1.weight, pretrained.conv1.weight)
     assert torch.equal(load_resnet("scratch", seed=1).conv1.weight, load_resnet("scratch", seed=1).conv1.weight)
 

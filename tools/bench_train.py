@@ -133,7 +133,8 @@ def lr_find_rates(device: torch.device, seeds=(0, 1, 2)) -> None:
         print(f"{seed:4d} {out['full']['lr_min']:10.1e} {out['full']['suggestion']:11.1e} "
               f"{out['lora']['lr_min']:10.1e} {out['lora']['suggestion']:11.1e} {ratio:11.1f} "
               f"{time.perf_counter() - start:8.0f}")
-    print(f"LoRA / full suggestion: median {statistics.median(ratios):.1f}, range {min(ratios):.1f} - {max(ratios):.1f}")
+    print(f"LoRA / full suggestion: median {statistics.median(ratios):.1f}, "
+          f"range {min(ratios):.1f} - {max(ratios):.1f}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -133,8 +133,8 @@ layer tied). Weights stored as float16 safetensors.
 - **Tokenizer**: byte-level BPE (`tokenizers`), {s['vocab_size']} tokens, trained on the training
   split; `<|endoftext|>` is bos and eos, `<|pad|>` pads. A document is `<|endoftext|> text <|endoftext|>`.
 - **Training**: `ftlab.train.fit`, AdamW (lr {s['lr']}, weight decay 0.01), {s['warmup_steps']} warm-up
-  steps then cosine decay, gradient norm clipped at 1, {s['num_steps']} steps of {s['batch_size']} rows of {s['n_positions']} tokens
-  (documents packed end to end with `packed_loader`, no padding),
+  steps then cosine decay, gradient norm clipped at 1, {s['num_steps']} steps of {s['batch_size']} rows of
+  {s['n_positions']} tokens (documents packed end to end with `packed_loader`, no padding),
   seed {s['seed']}.
 - **Time**: {m['train_seconds']:.0f} s wall clock and {m['train_cpu_seconds']:.0f} s of CPU time ({m['torch_threads']}
   threads) for corpus, tokenizer and training; the wall clock grows when other jobs share the cores.

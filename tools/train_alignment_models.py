@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ftlab.align.cache import display_path, file_sha256, save_entry
+from ftlab.align.cache import display_path, save_entry
 from ftlab.align.common import max_positions, preference_loader
 from ftlab.align.generate import generate
 from ftlab.align.reward import REWARD_SETTINGS, pairwise_accuracy, reward_cache_settings, reward_experiment, score
@@ -38,7 +38,7 @@ from ftlab.align.sft import SFT_SETTINGS, evaluate_exact_match, sft_cache_settin
 from ftlab.config import FAST, mode, pick
 from ftlab.tasks.instructions import make_instructions
 from ftlab.tasks.preferences import make_preferences
-from ftlab.zoo import OFFLINE
+from ftlab.zoo import OFFLINE, file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = 16  # test prompts (SFT) and pairs (reward) whose outputs info.json records for the tests

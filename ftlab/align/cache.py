@@ -24,6 +24,7 @@ never share a file. A cache that cannot be written warns and still returns the t
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -31,14 +32,14 @@ import os
 import secrets
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from ftlab.validate import check_choice
-from ftlab.zoo import DATA_DIR
+from ftlab.zoo import DATA_DIR, file_sha256
 
 CACHE_VERSION = 2  # raise it when a change to the training code changes the models it produces
 SOURCES = ("auto", "shipped", "train")
@@ -70,15 +71,6 @@ def display_path(folder: str | Path) -> str:
             relative = folder.relative_to(root).as_posix()
             return f"{label}/{relative}" if label else relative
     return str(folder)
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, in hex: names a checkpoint by its content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def settings_key(settings: dict) -> str:
@@ -140,10 +132,8 @@ def _move_into_place(partial: Path, folder: Path) -> None:
     """
     if folder.exists():
         stale = folder.parent / f".{folder.name}.{os.getpid()}-{secrets.token_hex(4)}.stale"
-        try:
+        with contextlib.suppress(FileNotFoundError):  # another writer moved it first
             folder.rename(stale)
-        except FileNotFoundError:  # another writer moved it first
-            pass
         shutil.rmtree(stale, ignore_errors=True)
     try:
         partial.rename(folder)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

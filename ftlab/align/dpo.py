@@ -20,7 +20,7 @@ al. 2024 (Iterative Reasoning Preference Optimization, eq. 2), trl's ``rpo_alpha
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F

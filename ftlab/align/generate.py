@@ -6,7 +6,7 @@ together, so no batch needs padding.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.score.bias)
 
     @classmethod
-    def from_causal_lm(cls, model: nn.Module) -> "RewardModel":
+    def from_causal_lm(cls, model: nn.Module) -> RewardModel:
         """A reward model on a copy of a causal LM's transformer (``model.base_model``; the LM head is dropped)."""
         return cls(copy.deepcopy(model.base_model))
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ftlab.align.cache import CACHE_VERSION, file_sha256, load_or_train, settings_key
+from ftlab.align.cache import CACHE_VERSION, load_or_train, settings_key
 from ftlab.align.common import collate, encode, max_positions
 from ftlab.align.generate import generate
 from ftlab.config import pick, seed_everything
 from ftlab.train import fit
+from ftlab.zoo import file_sha256
 
 # ---------------------------------------------------------------- batches, evaluation and training
 

@@ -47,15 +47,7 @@ class LoHaLayer(LycorisLayer):
 
     method = "loha"
     options_class = LoHaOptions
-
-    def __init__(self, base_layer: nn.Module):
-        super().__init__(base_layer)
-        self.hada_w1_a = nn.ParameterDict()
-        self.hada_w1_b = nn.ParameterDict()
-        self.hada_w2_a = nn.ParameterDict()
-        self.hada_w2_b = nn.ParameterDict()
-        self.hada_t1 = nn.ParameterDict()
-        self.hada_t2 = nn.ParameterDict()
+    factor_names = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
 
     @classmethod
     def check(cls, base_layer: nn.Module, name: str, options: LoHaOptions) -> None:

@@ -89,16 +89,7 @@ class LoKrLayer(LycorisLayer):
 
     method = "lokr"
     options_class = LoKrOptions
-
-    def __init__(self, base_layer: nn.Module):
-        super().__init__(base_layer)
-        self.lokr_w1 = nn.ParameterDict()
-        self.lokr_w1_a = nn.ParameterDict()
-        self.lokr_w1_b = nn.ParameterDict()
-        self.lokr_w2 = nn.ParameterDict()
-        self.lokr_w2_a = nn.ParameterDict()
-        self.lokr_w2_b = nn.ParameterDict()
-        self.lokr_t2 = nn.ParameterDict()
+    factor_names = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 
     @classmethod
     def check(cls, base_layer: nn.Module, name: str, options: LoKrOptions) -> None:

@@ -107,6 +107,12 @@ class LycorisLayer(TunedLayer):
     """A frozen nn.Linear / Conv1D / convolution plus adapters whose change ``delta(adapter)`` a subclass builds."""
 
     kinds = (nn.Linear, Conv1D, *CONVS)
+    factor_names: tuple[str, ...] = ()  # a subclass's factors, each an nn.ParameterDict keyed by adapter name
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__(base_layer)
+        for name in self.factor_names:  # peft's attribute names, e.g. self.hada_w1_a[adapter]
+            setattr(self, name, nn.ParameterDict())
 
     def delta(self, adapter: str) -> torch.Tensor:
         """delta W with the output dimension first, scaling included: (out, in) or (out, in / groups, *kernel)."""

@@ -290,9 +290,21 @@ def bits_per_parameter(q: QuantizedTensor) -> float:
     return 8 * stored / q.numel
 
 
+def round_trip(weight: torch.Tensor, quant_type: str = "nf4", block_size: int = 64, double_quant: bool = True) -> dict:
+    """Quantise ``weight`` and dequantise it again: what the stored format loses and what it costs.
+
+    Returns ``{"error": W - W_hat (float64, W's shape), "relative_error": ||W - W_hat|| / ||W||,
+    "bits_per_parameter": stored bits per weight, "quant_type", "block_size", "double_quant"}``.
+    """
+    q = quantize(weight, block_size=block_size, double_quant=double_quant, quant_type=quant_type)
+    w = weight.detach().double()
+    error = w - dequantize(q).double()  # W's shape
+    return {"error": error, "relative_error": (error.norm() / w.norm()).item(),
+            "bits_per_parameter": bits_per_parameter(q), "quant_type": quant_type, "block_size": block_size,
+            "double_quant": double_quant}
+
+
 def quantization_error(weight: torch.Tensor, quant_type: str = "nf4", block_size: int = 64,
                        double_quant: bool = True) -> float:
     """Relative Frobenius error of a round trip: ||W - dequantize(quantize(W))|| / ||W||."""
-    restored = dequantize(quantize(weight, block_size=block_size, double_quant=double_quant, quant_type=quant_type))
-    w = weight.detach().double()
-    return ((w - restored.double()).norm() / w.norm()).item()
+    return round_trip(weight, quant_type, block_size, double_quant)["relative_error"]

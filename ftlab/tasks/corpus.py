@@ -36,6 +36,8 @@ from __future__ import annotations
 import random
 import re
 
+from ftlab.tasks import split_sizes
+
 # ---------------------------------------------------------------- word lists
 NAME_ONSETS = ["Ma", "Li", "To", "Ka", "Be", "Ro", "Su", "Da", "Ni", "Fe", "Jo", "Ti", "Ra", "Lo", "Mi",
                "Pe", "Sa", "Ve", "Go", "Ha", "Ne", "Bo", "Ze", "Wi", "Ta", "Mo", "Lu", "Di", "Ke", "Po", "Ba", "Fi",
@@ -124,26 +126,26 @@ DOUBLING = {"hop", "skip", "jog", "clap", "hug", "drop", "grab", "drag", "hum", 
             "wet", "thin", "fat", "dim", "sit", "win", "flip", "wrap", "scrub", "knit"}
 
 
+def add_s(word: str, irregular: dict[str, str]) -> str:
+    """English's -s ending, the same for plural nouns and he/she/it verbs: ``fox -> foxes``,
+    ``berry -> berries``, ``run -> runs``; ``irregular`` lists the words that break the rule."""
+    if word in irregular:
+        return irregular[word]
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
 def plural(noun: str) -> str:
     """The plural of a noun: ``fox -> foxes``, ``berry -> berries``, ``mouse -> mice``."""
-    if noun in IRREGULAR_PLURALS:
-        return IRREGULAR_PLURALS[noun]
-    if noun.endswith(("s", "x", "z", "ch", "sh")):
-        return noun + "es"
-    if noun.endswith("y") and noun[-2] not in "aeiou":
-        return noun[:-1] + "ies"
-    return noun + "s"
+    return add_s(noun, IRREGULAR_PLURALS)
 
 
 def third_person(verb: str) -> str:
     """The present tense after he/she/it: ``run -> runs``, ``catch -> catches``, ``carry -> carries``."""
-    if verb in IRREGULAR_THIRD:
-        return IRREGULAR_THIRD[verb]
-    if verb.endswith(("s", "x", "z", "ch", "sh")):
-        return verb + "es"
-    if verb.endswith("y") and verb[-2] not in "aeiou":
-        return verb[:-1] + "ies"
-    return verb + "s"
+    return add_s(verb, IRREGULAR_THIRD)
 
 
 def past(verb: str) -> str:
@@ -442,12 +444,7 @@ def make_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, list[str]
 
     The same ``seed`` and ``sizes`` always give the same documents.
     """
-    sizes = {**SPLIT_SIZES, **(sizes or {})}
-    for split, n in sizes.items():
-        if split not in SPLIT_SIZES:
-            raise ValueError(f"unknown split {split!r}; splits are {list(SPLIT_SIZES)}")
-        if not isinstance(n, int) or n <= 0:
-            raise ValueError(f"split {split!r} needs a positive number of documents, got {n!r}")
+    sizes = split_sizes(sizes, SPLIT_SIZES, unit="documents")
     rng = random.Random(seed)
     seen: set[str] = set()
     data = {}
