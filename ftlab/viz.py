@@ -690,3 +690,40 @@ def plot_update_ranks(layer, r: int = 8, decompose_factor: int = 4):
     fig.axes[0].set_title(f"random changes of one {out_features} x {in_features} layer at r = {r}", fontsize=10)
     plt.close(fig)
     return fig
+
+
+def plot_virtual_token_counts(base_model, num_virtual_tokens: int = 20, encoder_hidden_size: int | None = None,
+                              r: int = 8):
+    """Trainable parameters of prompt tuning, prefix tuning and prefix tuning with the projection MLP
+    (``encoder_hidden_size``, default the model's width) at ``num_virtual_tokens`` = P on ``base_model``, next to
+    LoRA of rank ``r`` on its default targets, on a log axis.
+
+    Each count is taken from the wrapped model (``ftlab.apply`` on a copy; ``base_model`` is untouched), never from a
+    formula: prompt P d, prefix P 2 L d, with the projection the table P d plus the MLP d h + h + h 2Ld + 2Ld during
+    training, of which only the P 2 L d prefixes it produces are kept afterwards.
+    """
+    import copy
+
+    import ftlab
+    from ftlab.measure import count_parameters
+
+    P, h = num_virtual_tokens, encoder_hidden_size
+    runs = {"prompt": ("prompt", {"num_virtual_tokens": P}),
+            "prefix": ("prefix", {"num_virtual_tokens": P}),
+            "prefix + projection\n(while training)": ("prefix", {"num_virtual_tokens": P, "prefix_projection": True,
+                                                                  **({"encoder_hidden_size": h} if h else {})}),
+            f"LoRA r={r}": ("lora", {"r": r})}
+    counts = {label: count_parameters(ftlab.apply(copy.deepcopy(base_model), method, **options))["trainable"]
+              for label, (method, options) in runs.items()}
+    total = count_parameters(base_model)["total"]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = list(counts)[::-1]
+    bars = ax.barh(labels, [counts[label] for label in labels], color=["C2", "C1", "C1", "C0"][::-1])
+    for bar, label in zip(bars, labels):
+        ax.text(bar.get_width() * 1.1, bar.get_y() + bar.get_height() / 2,
+                f"{counts[label]:,} ({100 * counts[label] / total:.2g}% of {total / 1e6:.1f}M)", va="center", fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(counts.values()) * 30)
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_title(f"P = {P} virtual tokens, projection width {h or 'd'}", fontsize=10)
+    return _finish(fig)
