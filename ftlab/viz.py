@@ -1130,3 +1130,71 @@ def plot_ppo_kl(rows, live: dict | None = None):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+# ---- nbB2
+
+def plot_update_ranks(layer, r: int = 8, decompose_factor: int = 4):
+    """The shape of the change LoRA, LoHa and LoKr can make to ``layer`` at rank ``r``: the singular values of
+    delta W with every factor drawn at random (``ftlab.methods.layer_delta``), drawn by ``plot_singular_values``.
+
+    The legend gives each method's trainable parameters and the rank measured. LoRA (B A) reaches r;
+    LoHa ((W1a W1b) * (W2a W2b)) r * r, since an element-wise product multiplies ranks; LoKr (W1 kron W2,
+    W1 a full (f, f) matrix, f = ``decompose_factor``, and W2 of rank r) f * r, since a Kronecker product
+    multiplies ranks too. Each is capped by the layer's size (LoKr's W2 is kept whole once r reaches half
+    its size, as in peft).
+    """
+    import torch
+
+    from ftlab.methods import layer_delta
+
+    shapes = {f"LoRA r={r}": ("lora", {"r": r, "init_lora_weights": False}),
+              f"LoHa r={r}": ("loha", {"r": r, "init_weights": False}),
+              f"LoKr f={decompose_factor} r={r}": ("lokr", {"r": r, "decompose_factor": decompose_factor,
+                                                             "init_weights": False})}
+    deltas = {}
+    for label, (method, options) in shapes.items():
+        delta, trainable = layer_delta(layer, method, **options)  # (out, in), float64
+        deltas[f"{label}: {trainable:,} trained, rank {torch.linalg.matrix_rank(delta).item()}"] = delta
+    fig = plot_singular_values(deltas)
+    out_features, in_features = delta.shape
+    fig.axes[0].set_title(f"random changes of one {out_features} x {in_features} layer at r = {r}", fontsize=10)
+    plt.close(fig)
+    return fig
+
+
+def plot_virtual_token_counts(base_model, num_virtual_tokens: int = 20, encoder_hidden_size: int | None = None,
+                              r: int = 8):
+    """Trainable parameters of prompt tuning, prefix tuning and prefix tuning with the projection MLP
+    (``encoder_hidden_size``, default the model's width) at ``num_virtual_tokens`` = P on ``base_model``, next to
+    LoRA of rank ``r`` on its default targets, on a log axis.
+
+    Each count is taken from the wrapped model (``ftlab.apply`` on a copy; ``base_model`` is untouched), never from a
+    formula: prompt P d, prefix P 2 L d, with the projection the table P d plus the MLP d h + h + h 2Ld + 2Ld during
+    training, of which only the P 2 L d prefixes it produces are kept afterwards.
+    """
+    import copy
+
+    import ftlab
+    from ftlab.measure import count_parameters
+
+    P, h = num_virtual_tokens, encoder_hidden_size
+    runs = {"prompt": ("prompt", {"num_virtual_tokens": P}),
+            "prefix": ("prefix", {"num_virtual_tokens": P}),
+            "prefix + projection\n(while training)": ("prefix", {"num_virtual_tokens": P, "prefix_projection": True,
+                                                                  **({"encoder_hidden_size": h} if h else {})}),
+            f"LoRA r={r}": ("lora", {"r": r})}
+    counts = {label: count_parameters(ftlab.apply(copy.deepcopy(base_model), method, **options))["trainable"]
+              for label, (method, options) in runs.items()}
+    total = count_parameters(base_model)["total"]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = list(counts)[::-1]
+    bars = ax.barh(labels, [counts[label] for label in labels], color=["C2", "C1", "C1", "C0"][::-1])
+    for bar, label in zip(bars, labels):
+        ax.text(bar.get_width() * 1.1, bar.get_y() + bar.get_height() / 2,
+                f"{counts[label]:,} ({100 * counts[label] / total:.2g}% of {total / 1e6:.1f}M)", va="center", fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(counts.values()) * 30)
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_title(f"P = {P} virtual tokens, projection width {h or 'd'}", fontsize=10)
+    return _finish(fig)

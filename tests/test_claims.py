@@ -11,8 +11,7 @@ from ftlab.claims import backs, check_notebook, figures, main, unbacked
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 # Notebooks whose text still quotes figures that no cell above prints and no marker cites (issue 14).
 # Strict: a notebook that passes while listed fails the test, so that it leaves this list.
-KNOWN_UNBACKED = {"06_prefix_and_prompt.ipynb", "07_loha_lokr_ia3.ipynb",
-                  "13_method_shootout.ipynb"}
+KNOWN_UNBACKED = {"13_method_shootout.ipynb"}
 
 
 def _notebook(tmp_path, cells) -> Path:

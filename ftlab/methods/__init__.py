@@ -31,15 +31,17 @@ Files touched: 2 (``ftlab/methods/vera.py``, ``tests/test_vera.py``). The regist
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import importlib
 import inspect
 import pkgutil
 
+import torch
 from torch import nn
 
-from ftlab.methods.base import MethodSpec
+from ftlab.methods.base import MethodSpec, weight_out_in
 
 # The order in which lists of methods show them (teaching order); methods not named here follow, by name.
 TEACHING_ORDER = ("full", "freeze", "bitfit", "adapter", "lora", "dora", "qlora", "loha", "lokr", "ia3", "prefix",
@@ -112,3 +114,32 @@ def add_adapter(model: nn.Module, name: str, method: str = "lora", **options) ->
     the new one and makes it the trainable one. Duplicate names raise ValueError.
     """
     return apply(model, method, adapter_name=name, **options)
+
+
+def layer_delta(layer: nn.Module, method: str, *, seed: int = 0, **options) -> tuple[torch.Tensor, int]:
+    """``(delta W, trainable)``: the change (out, in) that ``method`` makes to the weight of one layer as it is
+    initialised, computed on a float64 copy (so ranks are exact), and the number of parameters it trains.
+
+    ``layer`` is left as it was, and so is the global random state (the draw uses its own ``seed``).
+    With a method's default initialisation the change is zero, since the model starts unchanged; to see
+    the *shape* an update can take, draw every factor at random: ``init_lora_weights=False`` (LoRA),
+    ``init_weights=False`` (LoHa, LoKr), ``init_ia3_weights=False`` (IA3). Example: ``layer_delta(nn.Linear(384, 384), "loha", r=4,
+    init_weights=False)`` gives a matrix of rank r * r = 16 and 2 r (out + in) = 6,144 trainable.
+    """
+    from ftlab.measure import count_parameters  # measure imports the training loop, which imports this package
+
+    spec = method_spec(method)
+    if "targets" not in inspect.signature(spec.apply).parameters:
+        raise ValueError(f"{method} does not wrap single layers, so it has no delta W of a layer; layer_delta takes "
+                         f"a method with targets, such as lora, loha, lokr or ia3")
+    holder = nn.ModuleDict({"layer": copy.deepcopy(layer)}).double()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        apply(holder, method, targets=["layer"], **options)
+    wrapped = holder["layer"]
+    try:
+        delta = wrapped.delta_weight(options.get("adapter_name", "default")).detach()
+    except NotImplementedError:
+        raise ValueError(f"{method}'s change is not a delta W added to the weight (it adds a computation); "
+                         f"layer_delta takes a method such as lora, loha, lokr or ia3") from None
+    return weight_out_in(wrapped.base_layer, delta), count_parameters(holder)["trainable"]  # (out, in)
