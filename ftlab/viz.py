@@ -1192,7 +1192,8 @@ def plot_virtual_token_counts(base_model, num_virtual_tokens: int = 20, encoder_
     bars = ax.barh(labels, [counts[label] for label in labels], color=["C2", "C1", "C1", "C0"][::-1])
     for bar, label in zip(bars, labels):
         ax.text(bar.get_width() * 1.1, bar.get_y() + bar.get_height() / 2,
-                f"{counts[label]:,} ({100 * counts[label] / total:.2g}% of {total / 1e6:.1f}M)", va="center", fontsize=9)
+                f"{counts[label]:,} ({100 * counts[label] / total:.2g}% of {total / 1e6:.1f}M)", va="center",
+                fontsize=9)
     ax.set_xscale("log")
     ax.set_xlim(right=max(counts.values()) * 30)
     ax.set_xlabel("trainable parameters (log scale)")

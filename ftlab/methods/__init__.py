@@ -123,8 +123,9 @@ def layer_delta(layer: nn.Module, method: str, *, seed: int = 0, **options) -> t
     ``layer`` is left as it was, and so is the global random state (the draw uses its own ``seed``).
     With a method's default initialisation the change is zero, since the model starts unchanged; to see
     the *shape* an update can take, draw every factor at random: ``init_lora_weights=False`` (LoRA),
-    ``init_weights=False`` (LoHa, LoKr), ``init_ia3_weights=False`` (IA3). Example: ``layer_delta(nn.Linear(384, 384), "loha", r=4,
-    init_weights=False)`` gives a matrix of rank r * r = 16 and 2 r (out + in) = 6,144 trainable.
+    ``init_weights=False`` (LoHa, LoKr), ``init_ia3_weights=False`` (IA3). Example:
+    ``layer_delta(nn.Linear(384, 384), "loha", r=4, init_weights=False)`` gives a matrix of rank
+    r * r = 16 and 2 r (out + in) = 6,144 trainable.
     """
     from ftlab.measure import count_parameters  # measure imports the training loop, which imports this package
 
