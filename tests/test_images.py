@@ -145,9 +145,11 @@ def test_cells_are_deterministic_balanced_disjoint_and_learnable():
         assert x.shape == (n, 3, 32, 32) and torch.equal(x, again[split].tensors[0])
         assert torch.equal(torch.bincount(y), torch.tensor([n // 2, n // 2]))
     _assert_disjoint(cells)
-    # abnormal cells carry more nucleus stain (dark purple: low green channel) on average
+    # fluorescence style: a dark background in the corners, and abnormal cells carry more bright
+    # nucleus stain (high blue channel) on average
     x, y = cells["test"].tensors
-    nucleus = (to_unit(x)[:, 1] < 0.35).float().mean(dim=(1, 2))  # (N,) fraction of nucleus pixels
+    assert to_unit(x)[:, :, 0, 0].mean() < 0.2
+    nucleus = (to_unit(x)[:, 2] > 0.5).float().mean(dim=(1, 2))  # (N,) fraction of nucleus pixels
     assert nucleus[y == 1].mean() > 1.3 * nucleus[y == 0].mean()
 
 
