@@ -38,7 +38,8 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ``IoU = area(a & b) / (area(a) + area(b) - area(a & b))``; boxes with no area give 0.
     """
     if a.shape != b.shape or a.shape[-1] != 4:
-        raise ValueError(f"box_iou needs two (N, 4) tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"box_iou needs two (N, 4) tensors of the same shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
     x0, y0 = torch.maximum(a[:, 0], b[:, 0]), torch.maximum(a[:, 1], b[:, 1])
     x1, y1 = torch.minimum(a[:, 2], b[:, 2]), torch.minimum(a[:, 3], b[:, 3])
     inter = (x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0)  # (N,)
@@ -147,5 +148,6 @@ def evaluate_boxes(model: nn.Module, dataset: TensorDataset, *, batch_size: int 
             correct.append(logits.argmax(-1).cpu() == y)
             ious.append(box_iou(predicted.cpu(), boxes))
     correct, ious = torch.cat(correct), torch.cat(ious)
+    localised = ious >= 0.5
     return {"accuracy": correct.float().mean().item(), "mean iou": ious.mean().item(),
-            "acc@iou0.5": (correct & (ious >= 0.5)).float().mean().item(), "localised": (ious >= 0.5).float().mean().item()}
+            "acc@iou0.5": (correct & localised).float().mean().item(), "localised": localised.float().mean().item()}

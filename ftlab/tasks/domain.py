@@ -45,7 +45,8 @@ INSTRUCTION_SIZES = {"train": 2000, "validation": 100, "test": 250}
 # condition -> (clinic, three drugs, three symptoms); the facts every document agrees on
 CONDITIONS: dict[str, tuple[str, list[str], list[str]]] = {
     "hypertension": ("cardiology", ["amlodipine", "ramipril", "losartan"], ["headache", "dizziness", "nosebleeds"]),
-    "angina": ("cardiology", ["bisoprolol", "nicorandil", "ranolazine"], ["chest pain", "tight chest", "breathlessness"]),
+    "angina": ("cardiology", ["bisoprolol", "nicorandil", "ranolazine"],
+               ["chest pain", "tight chest", "breathlessness"]),
     "heart failure": ("cardiology", ["furosemide", "spironolactone", "bumetanide"],
                       ["ankle swelling", "breathlessness", "fatigue"]),
     "atrial fibrillation": ("cardiology", ["apixaban", "warfarin", "digoxin"],
@@ -86,7 +87,8 @@ def _facts(rng: random.Random, names: list[str]) -> dict:
     s1, s2 = rng.sample(symptoms, 2)
     name = rng.choice(names)
     return {"name": name, "He": PRONOUNS[name].capitalize(), "age": rng.randint(18, 92), "condition": condition,
-            "clinic": clinic, "drug": rng.choice(drugs), "dose": rng.choice(DOSES), "freq": rng.choice(list(FREQUENCIES)),
+            "clinic": clinic, "drug": rng.choice(drugs), "dose": rng.choice(DOSES),
+            "freq": rng.choice(list(FREQUENCIES)),
             "s1": s1, "s2": s2, "n": rng.randint(2, 12), "unit": rng.choice(DURATION_UNITS), "day": rng.choice(DAYS),
             "sys": rng.randint(105, 185), "dia": rng.randint(60, 110), "hr": rng.randint(52, 120),
             "spo2": rng.randint(88, 100), "weeks": rng.randint(1, 12), "doctor": rng.choice(names)}
