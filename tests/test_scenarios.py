@@ -18,19 +18,23 @@ def _check(df: pd.DataFrame, n_rows: int, columns: list[str]) -> None:
 
 def test_qa_experiment_runs_every_method():
     df = scenarios.qa_experiment(seeds=[0])
-    _check(df, 4, ["method", "seed", "exact match", "f1", "em person", "trainable", "total", "cpu seconds"])
+    _check(df, 5, ["method", "seed", "exact match", "f1", "em person", "trainable", "total", "cpu seconds"])
     assert list(df["method"]) == list(scenarios.QA_METHODS)
     assert df["exact match"].between(0, 1).all() and (df["exact match"] <= df["f1"] + 1e-12).all()
     trainable = df.drop_duplicates("method").set_index("method")["trainable"]
-    assert trainable["lora"] < trainable["adapter"] < trainable["full"] == trainable["random init"]
+    assert trainable["lora"] < trainable["lora qkvo"] < trainable["adapter"] < trainable["full"] == \
+        trainable["random init"]
 
 
 def test_domain_pretraining_experiment_reports_perplexities_before_and_after():
     df = scenarios.domain_pretraining_experiment(seeds=[0])
-    _check(df, 2, ["method", "domain ppl before", "domain ppl after", "general ppl before", "general ppl after"])
+    _check(df, 3, ["method", "domain ppl before", "domain ppl after", "general ppl before", "general ppl after",
+                   "fact recall before", "fact recall after"])
+    assert df["fact recall after"].between(0, 1).all()
     assert (df["domain ppl before"] > 1).all() and (df["general ppl before"] > 1).all()
     assert df["domain ppl before"].nunique() == 1  # every method starts from the same model
-    assert df.set_index("method")["trainable"]["lora"] < df.set_index("method")["trainable"]["full"]
+    trainable = df.set_index("method")["trainable"]
+    assert trainable["lora"] < trainable["lora + embeddings"] < trainable["full"]
 
 
 def test_domain_instruction_experiment_compares_both_starts_per_seed():

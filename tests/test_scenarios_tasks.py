@@ -196,6 +196,24 @@ def test_domain_questions_about_drugs_and_conditions_are_held_out():
             assert q["answer"] in q["prompt"].split("\nQuestion")[0]  # the note states the answer
 
 
+def test_fact_recall_picks_the_condition_with_the_most_likely_tokens(tiny_gpt2_chat):
+    model, tokenizer = tiny_gpt2_chat
+    drugs = list(domain.DRUG_CONDITION)
+    right = 0
+    for drug in drugs:  # the same choice, scored another way: the summed loss of the answer tokens
+        losses = {}
+        for condition in domain.CONDITIONS:
+            prompt = tokenizer(tokenizer.bos_token + f"Formulary: {drug}. Used for")["input_ids"]
+            answer = tokenizer(" " + condition + tokenizer.eos_token)["input_ids"]
+            ids = torch.tensor([prompt + answer])
+            labels = torch.tensor([[-100] * len(prompt) + answer])
+            with torch.no_grad():
+                losses[condition] = model(input_ids=ids, labels=labels).loss.item() * len(answer)
+        right += min(losses, key=losses.get) == domain.DRUG_CONDITION[drug]
+    assert 0 < right < len(drugs)  # a random model is right about some drugs, so the comparison means something
+    assert domain.fact_recall(model, tokenizer) == pytest.approx(right / len(drugs))
+
+
 def test_domain_bad_kinds_and_sizes_raise_clear_errors():
     with pytest.raises(ValueError, match="unknown instruction kinds.*kinds are"):
         domain.make_domain_instructions(kinds=("drug", "price"))
@@ -217,6 +235,13 @@ def test_box_iou_on_worked_examples():
         boxes.box_iou(a, b[:2])
 
 
+def test_box_corners_and_centre_convert_both_ways():
+    corners = torch.tensor([[0.1, 0.2, 0.5, 0.8]])
+    centre = boxes.corners_to_centre(corners)
+    assert torch.allclose(centre, torch.tensor([[0.3, 0.5, 0.4, 0.6]]))
+    assert torch.allclose(boxes.centre_to_corners(centre), corners)
+
+
 @pytest.fixture(scope="module")
 def box_data():
     return boxes.make_boxes(labels_per_class=2, seed=0)
@@ -227,7 +252,9 @@ def test_box_data_is_deterministic_and_boxes_frame_the_digit(box_data):
     for split in box_data:
         assert all(torch.equal(a, b) for a, b in zip(box_data[split].tensors, again[split].tensors))
     x, y, b = box_data["train"].tensors
-    assert x.shape == (20, 3, 64, 64) and torch.equal(torch.bincount(y), torch.full((10,), 2)) and b.shape == (20, 4)
+    assert x.shape == (160, 3, 64, 64) and torch.equal(torch.bincount(y), torch.full((10,), 16)) and b.shape == (160, 4)
+    # 8 placements of each labelled digit: the same class, boxes elsewhere
+    assert len(set(y[:8].tolist())) == 1 and len({tuple(box.tolist()) for box in b[:8]}) == 8
     assert len(box_data["test"]) == 500 and (b[:, :2] < b[:, 2:]).all() and b.min() >= 0 and b.max() <= 1
     ink = boxes.to_unit(x[:, 0])  # (N, 64, 64)
     for image, box in zip(ink, (b * boxes.CANVAS).round().long()):
@@ -245,7 +272,7 @@ def test_box_model_is_a_resnet_whose_head_sees_the_2x2_map():
     out = model(torch.zeros(2, 3, 64, 64))
     assert out.shape == (2, 14) and model.fc.in_features == 2048
     logits, predicted = boxes.split_outputs(out)
-    assert logits.shape == (2, 10) and ((predicted > 0) & (predicted < 1)).all()
+    assert logits.shape == (2, 10) and predicted.shape == (2, 4) and (predicted[:, :2] < predicted[:, 2:]).all()
     lora = apply(model, "lora", r=4, modules_to_save=["fc"])  # LoRA finds the ResNet's convolutions
     assert 0 < count_parameters(lora)["percent"] < 10
 
@@ -267,11 +294,12 @@ def test_box_loss_and_scores_of_a_model_with_known_outputs():
     predicted = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.4, 0.4, 0.8, 0.8]])  # second: IoU 0.04/0.28 = 1/7
     x = torch.zeros(2, 3, 64, 64)
     x[:, 0, 0, :10] = F.one_hot(torch.tensor([3, 2]), 10) * 10.0  # right class, then a wrong one
-    x[:, 0, 0, 10:14] = torch.logit(predicted)
+    x[:, 0, 0, 10:14] = torch.logit(boxes.corners_to_centre(predicted))  # the model's raw box outputs
     scores = boxes.evaluate_boxes(_Oracle(), torch.utils.data.TensorDataset(x, y, truth))
     assert scores["accuracy"] == 0.5 and scores["mean iou"] == pytest.approx((1 + 1 / 7) / 2)
     assert scores["acc@iou0.5"] == 0.5 and scores["localised"] == 0.5
-    expected = F.cross_entropy(x[:, 0, 0, :10], y) + 5 * (predicted - truth).abs().mean()
+    centre = boxes.corners_to_centre
+    expected = F.cross_entropy(x[:, 0, 0, :10], y) + 5 * (centre(predicted) - centre(truth)).abs().mean()
     assert torch.allclose(boxes.box_loss(_Oracle(), (x, y, truth)), expected)
 
 
@@ -283,7 +311,7 @@ def test_lindish_grammar_on_worked_sentences():
         f"{L['fox']} {L['red']} {L['cat']}m {L['small']} ka {L['see']}"
     assert translation.to_lindish("two foxes chase three big cats") == \
         f"du {L['fox']}en tri {L['cat']}enm {L['big']} {L['chase']}"
-    assert translation.to_lindish("the sheep sees two sheep") == f"{L['sheep']} du {L['sheep']}enm {L['see']}"
+    assert translation.to_lindish("the mouse sees two mice") == f"{L['mouse']} du {L['mouse']}enm {L['see']}"
     with pytest.raises(ValueError, match="expected a plural noun"):
         translation.to_lindish("two fox sees the cat")
     with pytest.raises(ValueError, match="unexpected words after the object: 'now'"):
@@ -323,7 +351,7 @@ def test_chrf_on_worked_examples():
 
 
 def test_translation_scores_normalise_then_average():
-    scores = translation.translation_scores(["Vipe lera made.", "netu"], ["vipe lera made", "netum"])
+    scores = translation.translation_scores(["Vipe lomi luve.", "netu"], ["vipe lomi luve", "netum"])
     assert scores["exact_match"] == 0.5
     assert scores["chrf"] == pytest.approx((1 + translation.chrf("netu", "netum")) / 2)
     with pytest.raises(ValueError, match="1 predictions for 2 references"):

@@ -6,11 +6,17 @@ few-labels option), scaled to 18-34 px and placed at random, among clutter: 4-8 
 and 3-6 dots of weaker ink, and pixel noise. The target is the class and the box of the digit's
 ink, ``(x0, y0, x1, y1)`` in [0, 1] (fractions of the canvas width and height).
 
+Few labels, many placements: the training split places each of its labelled digits
+``placements`` times (default 8), each time somewhere else among new clutter. This is the
+translation augmentation of detection training (the box moves with the object); the labels, a
+class and a box per digit, still come from ``labels_per_class`` digits per class.
+
 The model (``box_model``) is the ResNet-18 with one change at the top: the average pooling is
 dropped, so its head ``fc`` sees the whole ``(512, 2, 2)`` map of a 64x64 image (where things
-are, which pooling would throw away) and outputs ``num_classes`` logits and 4 box numbers
-(a sigmoid maps them to [0, 1]). The loss (``box_loss``) is cross-entropy plus ``5 * L1`` of
-the box, the L1 weight of DETR (Carion et al. 2020). Scores (``evaluate_boxes``): class
+are, which pooling would throw away) and outputs ``num_classes`` logits and 4 box numbers: the
+box's centre, width and height, each through a sigmoid into [0, 1], as DETR predicts boxes
+(Carion et al. 2020). The loss (``box_loss``) is cross-entropy plus ``5 * L1`` of
+``(cx, cy, w, h)``, DETR's L1 weight. Scores (``evaluate_boxes``): class
 accuracy, mean IoU, and accuracy at IoU 0.5: the fraction with the right class and a box
 overlapping the truth by IoU >= 0.5 (PASCAL VOC's criterion for a correct detection,
 Everingham et al. 2010).
@@ -81,17 +87,21 @@ def place_digit(digit: torch.Tensor, rng: np.random.Generator) -> tuple[np.ndarr
     return canvas.astype(np.float32), box
 
 
-def make_boxes(labels_per_class: int | None = None, seed: int = 0) -> dict[str, TensorDataset]:
+def make_boxes(labels_per_class: int | None = None, seed: int = 0, placements: int = 8) -> dict[str, TensorDataset]:
     """``{"train", "validation", "test"}`` of ``TensorDataset(x (N, 3, 64, 64), y (N,), boxes (N, 4))``.
 
     The digits are ``make_digits(labels_per_class, seed)``'s (train: ``labels_per_class`` per class,
-    or all ~997; validation 300; test 500, never in train), each placed once with its own clutter;
-    placements are drawn from ``(seed, split)``. The same arguments give the same tensors.
+    or all ~997; validation 300; test 500, never in train). Each training digit is placed
+    ``placements`` times (module docstring), each validation and test digit once; placements
+    are drawn from ``(seed, split)``. The same arguments give the same tensors.
     """
+    check_positive_int("placements", placements)
     digits = make_digits(labels_per_class, seed=seed)
     data = {}
     for index, split in enumerate(("train", "validation", "test")):
         x, y = digits[split].tensors
+        if split == "train":
+            x, y = x.repeat_interleave(placements, 0), y.repeat_interleave(placements, 0)
         rng = np.random.default_rng([seed, index, 7])
         placed = [place_digit(to_unit(image[0]), rng) for image in x]
         canvases = torch.from_numpy(np.stack([c for c, _ in placed]))  # (N, 64, 64)
@@ -124,16 +134,30 @@ def box_model(name: str = "glyphs", num_classes: int = 10, seed: int = 0) -> nn.
     return model
 
 
+def corners_to_centre(boxes: torch.Tensor) -> torch.Tensor:
+    """``(x0, y0, x1, y1)`` -> ``(cx, cy, w, h)``, both ``(N, 4)``."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+
+
+def centre_to_corners(boxes: torch.Tensor) -> torch.Tensor:
+    """``(cx, cy, w, h)`` -> ``(x0, y0, x1, y1)``, both ``(N, 4)``."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
 def split_outputs(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits (B, C), boxes (B, 4) in [0, 1])`` from the model's ``(B, C + 4)`` output."""
-    return out[:, :-4], torch.sigmoid(out[:, -4:])
+    """``(logits (B, C), boxes (B, 4) as (x0, y0, x1, y1))`` from the model's ``(B, C + 4)`` output, whose last 4
+    numbers are the box's centre, width and height before a sigmoid."""
+    return out[:, :-4], centre_to_corners(torch.sigmoid(out[:, -4:]))
 
 
 def box_loss(model: nn.Module, batch) -> torch.Tensor:
-    """``CE(logits, y) + 5 * mean |box - true box|``: the ``loss_fn`` for ``ftlab.train.fit``."""
+    """``CE(logits, y) + 5 * mean |(cx, cy, w, h) - true (cx, cy, w, h)|``: the ``loss_fn`` for ``ftlab.train.fit``."""
     x, y, boxes = batch
-    logits, predicted = split_outputs(model(x))
-    return F.cross_entropy(logits, y) + BOX_WEIGHT * F.l1_loss(predicted, boxes)
+    out = model(x)
+    logits, predicted = out[:, :-4], torch.sigmoid(out[:, -4:])  # (B, C), (B, 4) as (cx, cy, w, h)
+    return F.cross_entropy(logits, y) + BOX_WEIGHT * F.l1_loss(predicted, corners_to_centre(boxes))
 
 
 @torch.no_grad()

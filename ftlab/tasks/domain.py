@@ -33,6 +33,9 @@ written only in the domain corpus: a model can know them only from continued pre
 from __future__ import annotations
 
 import random
+from typing import Sequence
+
+import torch
 
 from ftlab.tasks.corpus import DAYS, NAMES
 from ftlab.tasks.instructions import PROMPT, deal_splits
@@ -125,7 +128,9 @@ def _formulary(f: dict) -> str:
 
 
 DOCUMENT_KINDS = {"note": _note, "discharge": _discharge, "referral": _referral, "formulary": _formulary}
-DOCUMENT_WEIGHTS = [4, 2, 2, 2]
+# Only formulary entries name a drug before its condition (the others give the diagnosis first), and a language model
+# learns a fact in the order it reads it; so they are frequent, like a drug reference in a hospital's text.
+DOCUMENT_WEIGHTS = [3, 2, 2, 3]
 
 
 def make_document(rng: random.Random, names: list[str] | None = None) -> str:
@@ -159,6 +164,32 @@ def make_domain_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, li
                 docs.append(doc)
         data[split] = docs
     return data
+
+
+@torch.no_grad()
+def fact_recall(model, tokenizer, drugs: Sequence[str] | None = None) -> float:
+    """The fraction of ``drugs`` (default: all 48) whose condition the model finds among all 16: a multiple choice.
+
+    For each drug every condition is scored by ``log p(" " + condition + eos | bos + "Formulary: {drug}. Used
+    for")``, the summed log-probability of its tokens (``ftlab.align.sft.response_logprobs``); the choice is the
+    best-scoring condition. Chance is 1/16. It measures what continued pretraining taught, with no instruction
+    tuning and no generation.
+    """
+    from ftlab.align.sft import collate, encode, max_positions, response_logprobs
+    from ftlab.validate import eval_mode
+
+    drugs = list(drugs or DRUG_CONDITION)
+    conditions = list(CONDITIONS)
+    device = next(model.parameters()).device
+    correct = 0
+    with eval_mode(model):
+        for drug in drugs:
+            pairs = [encode(tokenizer, f"Formulary: {drug}. Used for", c, max_length=max_positions(model))
+                     for c in conditions]
+            batch = {k: v.to(device) for k, v in collate(pairs, tokenizer.pad_token_id).items()}
+            scores = response_logprobs(model, batch)  # (16,)
+            correct += conditions[int(scores.argmax())] == DRUG_CONDITION[drug]
+    return correct / len(drugs)
 
 
 INSTRUCTION_KINDS = ("drug", "dose", "diagnosis", "use", "clinic")

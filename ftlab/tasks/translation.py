@@ -3,17 +3,17 @@
 Lindish has its own words (``LEXICON``: every English noun, adjective and verb used here has one
 invented two-syllable word) and its own grammar:
 
-* no articles; an adjective follows its noun (``the red fox`` -> ``vipe lera``);
+* no articles; an adjective follows its noun (``the red fox`` -> ``vipe lomi``);
 * the object takes the suffix ``-m`` (``the cat`` as an object -> ``netum``);
 * a plural noun takes the suffix ``-en`` (``two foxes`` -> ``du vipeen``; ``du`` = two);
 * the verb comes last (subject, object, verb); the past tense puts ``ka`` before it.
 
-For example ``the red fox saw the small cat`` -> ``vipe lera netum keri ka made`` (``to_lindish``). Each example
+For example ``the red fox saw the small cat`` -> ``vipe lomi netum zulu ka luve`` (``to_lindish``). Each example
 is a dict ``{"kind", "prompt", "answer"}`` with a prompt in ``ftlab.tasks.instructions``' format,
 either way round::
 
     Question: translate to Lindish: the red fox saw the small cat
-    Answer: vipe lera netum keri ka made
+    Answer: vipe lomi netum zulu ka luve
 
 Every word is in the training split; the test sentences are new combinations of them (no prompt
 occurs in two splits). Scores: exact match (``ftlab.tasks.instructions.exact_match``) and chrF
@@ -33,9 +33,11 @@ SPLIT_SIZES = {"train": 3000, "validation": 100, "test": 300}
 LANGUAGE = "Lindish"
 KINDS = ("to_lindish", "to_english")
 
-NOUNS = ANIMALS[:24]
-ADJECTIVES = ["red", "blue", "green", "yellow", "black", "white", "big", "small", "old", "young", "happy", "sleepy"]
-VERBS = ["see", "like", "chase", "help", "find", "follow", "watch", "hear", "meet", "call"]
+# 24 words: small enough for the tiny GPT-2 to learn in a classroom run. Its tokenizer splits every invented word
+# into pieces it never saw in pretraining (``lomi`` -> ``l``, ``om``, ``i``), whose embeddings start untrained.
+NOUNS = ANIMALS[:12]
+ADJECTIVES = ["red", "blue", "green", "big", "small", "old"]
+VERBS = ["see", "like", "chase", "help", "find", "follow"]
 NUMBERS = {"two": "du", "three": "tri", "four": "kat"}
 OBJECT_SUFFIX, PLURAL_SUFFIX, PAST_PARTICLE = "m", "en", "ka"
 LEXICON_SEED = 2024  # the invented words never change
