@@ -91,7 +91,7 @@ def qa_experiment(methods: Sequence[str] | None = None, *, seeds: Sequence[int] 
     from ftlab.tasks.qa import evaluate_qa, load_span_qa, make_qa, qa_loader
 
     labels = _check_runs(methods, QA_METHODS, seeds)
-    num_steps = check_positive_int("num_steps", num_steps or pick(150, 2))
+    num_steps = check_positive_int("num_steps", num_steps or pick(60, 2))
     batch_size = check_positive_int("batch_size", batch_size or pick(16, 4))
     sizes = sizes or pick({"train": 2000, "validation": 8, "test": 200}, {"train": 16, "validation": 4, "test": 8})
     rows = []
@@ -182,7 +182,7 @@ def domain_pretraining_experiment(methods: Sequence[str] | None = None, *, seeds
     num_steps = check_positive_int("num_steps", num_steps or pick(150, 2))
     batch_size = check_positive_int("batch_size", batch_size or pick(8, 2))
     block_size = check_positive_int("block_size", block_size or pick(128, 32))
-    num_eval = check_positive_int("num_eval", num_eval or pick(100, 4))
+    num_eval = check_positive_int("num_eval", num_eval or pick(50, 4))
     general = general_test_documents()[:num_eval]
     rows = []
     for seed in seeds:
@@ -296,7 +296,7 @@ def domain_instruction_experiment(starts: Sequence[str] = DOMAIN_STARTS, *, seed
     pretraining_steps = check_positive_int("pretraining_steps", pretraining_steps or pick(150, 2))
     num_steps = check_positive_int("num_steps", num_steps or pick(200, 2))
     batch_size = check_positive_int("batch_size", batch_size or pick(16, 2))
-    num_test = check_positive_int("num_test", num_test or pick(250, 5))
+    num_test = check_positive_int("num_test", num_test or pick(150, 5))
     rows = []
     for seed in seeds:
         corpus = make_domain_corpus(seed, sizes=pick(None, {"train": 40, "validation": 2, "test": 2}))

@@ -270,7 +270,7 @@ def test_box_model_is_a_resnet_whose_head_sees_the_2x2_map():
 
     model = boxes.box_model("scratch", seed=0)
     out = model(torch.zeros(2, 3, 64, 64))
-    assert out.shape == (2, 14) and model.fc.in_features == 2048
+    assert out.shape == (2, 14) and model.fc[1].in_features == 2048
     logits, predicted = boxes.split_outputs(out)
     assert logits.shape == (2, 10) and predicted.shape == (2, 4) and (predicted[:, :2] < predicted[:, 2:]).all()
     lora = apply(model, "lora", r=4, modules_to_save=["fc"])  # LoRA finds the ResNet's convolutions

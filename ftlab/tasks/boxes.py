@@ -13,7 +13,8 @@ class and a box per digit, still come from ``labels_per_class`` digits per class
 
 The model (``box_model``) is the ResNet-18 with one change at the top: the average pooling is
 dropped, so its head ``fc`` sees the whole ``(512, 2, 2)`` map of a 64x64 image (where things
-are, which pooling would throw away) and outputs ``num_classes`` logits and 4 box numbers: the
+are, which pooling would throw away), normalises it (LayerNorm) and outputs ``num_classes``
+logits and 4 box numbers: the
 box's centre, width and height, each through a sigmoid into [0, 1], as DETR predicts boxes
 (Carion et al. 2020). The loss (``box_loss``) is cross-entropy plus ``5 * L1`` of
 ``(cx, cy, w, h)``, DETR's L1 weight. Scores (``evaluate_boxes``): class
@@ -118,19 +119,24 @@ def box_loader(dataset: TensorDataset, *, batch_size: int = 32, shuffle: bool = 
 
 
 def box_model(name: str = "glyphs", num_classes: int = 10, seed: int = 0) -> nn.Module:
-    """``ftlab.zoo.load_resnet(name)`` with no average pooling and a head ``fc = Linear(512 * 2 * 2, num_classes + 4)``.
+    """``ftlab.zoo.load_resnet(name)`` with no average pooling and a head
+    ``fc = Sequential(LayerNorm(2048), Linear(2048, num_classes + 4))`` on the flattened ``(512, 2, 2)`` map.
 
     Still a torchvision ResNet (so ``ftlab.apply`` finds its convolutions and its head ``fc``);
     on a 64x64 image it returns ``(B, num_classes + 4)``: class logits, then 4 box numbers before
-    the sigmoid (``split_outputs``).
+    the sigmoid (``split_outputs``). Why the LayerNorm: the features after the last ReLU are all
+    positive, so every weight of a box output gets a gradient of the same sign, Adam moves them
+    all by about ``lr`` at once, and the output jumps by ``lr`` times the sum of 2048 features,
+    into the flat tail of the sigmoid, where it stays (measured: a head-only run at lr 1e-2
+    ended with every box of zero IoU). Centred features do not add up that way.
     """
     from ftlab.zoo import load_resnet
 
     model = load_resnet(name, num_classes=num_classes, seed=seed)
     model.avgpool = nn.Identity()  # (B, 512, 2, 2) is flattened to (B, 2048) by ResNet.forward
-    side = CANVAS // 32  # the ResNet downsamples by 32
+    features = 512 * (CANVAS // 32) ** 2  # the ResNet downsamples by 32
     torch.manual_seed(seed)
-    model.fc = nn.Linear(512 * side * side, num_classes + 4)
+    model.fc = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, num_classes + 4))
     return model
 
 
