@@ -24,7 +24,7 @@ import torch
 from ftlab.config import pick
 from ftlab.measure import time_step
 from ftlab.methods import lora
-from ftlab.methods._inject import merge
+from ftlab.methods.base import merge
 from ftlab.zoo import load_bert
 
 TARGETS = ["query", "value"]

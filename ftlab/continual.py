@@ -46,7 +46,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ftlab.compare import check_seeds
 from ftlab.config import seed_everything
 from ftlab.multitask import MultiHeadModel, Tagged, add_task_adapters, multi_head, select_task
 from ftlab.train import default_loss, evaluate, fit, to_device
@@ -547,8 +548,6 @@ def text_tasks(tokenizer, batch_size: int = 16, seed: int = 0, sizes: dict | Non
     return tasks
 
 
-STRATEGIES = {"naive": Naive, "ewc": EWC, "replay": Replay, "lwf": LwF, "adapters": AdapterPerTask}
-
 # Classroom budgets and options per sequence. lr 3e-3 for the ResNet is high on purpose: at 1e-3
 # naive fine-tuning forgot only 8 points of digits 0-4 task-incrementally (at 3e-3: 31). ewc_lambda
 # follows the Fisher's scale: its entries sum to about 16 for the ResNet after digits 0-4, and to
@@ -561,16 +560,24 @@ SEQUENCE_DEFAULTS = {
 
 def compare_strategies(sequence: str = "digits", setting: str = "task", strategies: dict | None = None, *,
                        num_steps: int | None = None, lr: float | None = None, adapter_lr: float | None = None,
-                       seed: int = 0, progress: bool = False) -> dict:
-    """Run every strategy on one sequence and setting, each from a fresh pretrained model and fresh loaders.
+                       seeds=(0,), progress: bool = False) -> dict:
+    """Run every strategy on one sequence and setting for each seed, each run from a fresh pretrained model and
+    fresh loaders.
 
     ``sequence``: ``"digits"`` (glyph ResNet-18, digits 0-4 then 5-9) or ``"text"`` (MiniLM,
     sentiment then topic). ``strategies``: ``{name: strategy object}``; by default naive, EWC,
-    replay, LwF and, task-incrementally, one LoRA adapter per task (r=8, lora_alpha=16).
+    replay, LwF and, task-incrementally, one LoRA adapter per task (r=8, lora_alpha=16). Each run
+    gets a fresh copy of the strategy object (a strategy keeps state: Fisher, buffer, old model).
     ``num_steps`` (per task), ``lr`` and ``adapter_lr`` (for ``AdapterPerTask``), and the default
     strategies' ``ewc_lambda`` and ``buffer_size`` come from ``SEQUENCE_DEFAULTS`` unless given.
-    Returns ``{"R": {name: (T, T) array}, "summary": DataFrame}``; the summary has one row per
-    strategy: ``acc``, ``bwt``, ``forgetting`` (mean over earlier tasks) and ``forgetting_first``.
+    Seed s fixes the data, the new head and the batch order, the same for every strategy.
+
+    Returns ``{"runs", "summary", "R", "R_runs"}``: ``runs`` has one row per strategy and seed
+    (``strategy``, ``seed``, ``setting``, ``acc``, ``bwt``, ``forgetting`` (mean over earlier tasks),
+    ``forgetting_first``); ``summary`` the same columns as means over seeds, one row per strategy,
+    plus ``n`` (seeds); ``R``: ``{name: (T, T) accuracy matrix, mean over seeds}``; ``R_runs``:
+    ``{(name, seed): (T, T) matrix}``. ``ftlab.compare.summarize(result["runs"], "acc")`` gives
+    the spread of a column.
     """
     from ftlab.zoo import load_bert, load_resnet
 
@@ -578,35 +585,40 @@ def compare_strategies(sequence: str = "digits", setting: str = "task", strategi
         raise ValueError(f"sequence must be one of {list(SEQUENCE_DEFAULTS)}, got {sequence!r}")
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    seeds = check_seeds(seeds)
     defaults = SEQUENCE_DEFAULTS[sequence]
     num_steps = num_steps or defaults["num_steps"]
     lr, adapter_lr = lr or defaults["lr"], adapter_lr or defaults["adapter_lr"]
-    tokenizer = load_bert(num_labels=6, seed=seed)[1] if sequence == "text" else None
-
-    def make_tasks() -> list[Task]:
-        return digit_tasks(seed=seed) if sequence == "digits" else text_tasks(tokenizer, seed=seed)
-
-    def fresh() -> nn.Module:
-        return load_resnet(num_classes=10, seed=seed) if sequence == "digits" else load_bert(num_labels=6, seed=seed)[0]
-
     if strategies is None:
         strategies = {"naive": Naive(), "ewc": EWC(defaults["ewc_lambda"]), "replay": Replay(defaults["buffer_size"]),
                       "lwf": LwF()}
         if setting == "task":
             strategies["adapters"] = AdapterPerTask()
-    R, rows = {}, []
-    for name, strategy in strategies.items():
-        # fresh loaders too: a loader's shuffling generator advances, and every strategy must see the same batches
-        tasks = make_tasks()
-        scenario = Scenario(tasks, setting)
-        seed_everything(seed)
-        model = fresh()
-        if isinstance(strategy, AdapterPerTask):
-            model = adapter_model(model, tasks, seed=seed, r=8, lora_alpha=16)
-        result = run_sequence(model, scenario, strategy, num_steps=num_steps, progress=progress,
-                              lr=adapter_lr if isinstance(strategy, AdapterPerTask) else lr)
-        R[name] = result["R"]
-        rows.append({"strategy": name, "setting": setting, "acc": result["acc"], "bwt": result["bwt"],
-                     "forgetting": float(result["forgetting"].mean()),
-                     "forgetting_first": float(result["forgetting"][0])})
-    return {"R": R, "summary": pd.DataFrame(rows)}
+    R_runs, rows = {}, []
+    for seed in seeds:
+        tokenizer = load_bert(num_labels=6, seed=seed)[1] if sequence == "text" else None
+        for name, pristine in strategies.items():
+            # fresh loaders too: a loader's shuffling generator advances, and every strategy must see the same batches
+            tasks = digit_tasks(seed=seed) if sequence == "digits" else text_tasks(tokenizer, seed=seed)
+            scenario = Scenario(tasks, setting)
+            strategy = copy.deepcopy(pristine)
+            seed_everything(seed)
+            if sequence == "digits":
+                model = load_resnet(num_classes=10, seed=seed)
+            else:
+                model = load_bert(num_labels=6, seed=seed)[0]
+            if isinstance(strategy, AdapterPerTask):
+                model = adapter_model(model, tasks, seed=seed, r=8, lora_alpha=16)
+            result = run_sequence(model, scenario, strategy, num_steps=num_steps, progress=progress,
+                                  lr=adapter_lr if isinstance(strategy, AdapterPerTask) else lr)
+            R_runs[name, seed] = result["R"]
+            rows.append({"strategy": name, "seed": seed, "setting": setting, "acc": result["acc"],
+                         "bwt": result["bwt"], "forgetting": float(result["forgetting"].mean()),
+                         "forgetting_first": float(result["forgetting"][0])})
+    runs = pd.DataFrame(rows)
+    order = {name: i for i, name in enumerate(strategies)}
+    runs = runs.sort_values("strategy", key=lambda col: col.map(order), kind="stable", ignore_index=True)
+    summary = runs.groupby(["strategy", "setting"], sort=False)[["acc", "bwt", "forgetting", "forgetting_first"]].mean()
+    summary = summary.assign(n=runs.groupby(["strategy", "setting"], sort=False).size()).reset_index()
+    R = {name: np.mean([R_runs[name, seed] for seed in seeds], axis=0) for name in strategies}
+    return {"runs": runs, "summary": summary, "R": R, "R_runs": R_runs}

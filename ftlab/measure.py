@@ -20,6 +20,7 @@ from collections import defaultdict
 import torch
 
 from ftlab.train import default_loss, to_device
+from ftlab.validate import check_int, check_number, check_positive_int
 
 # The parts of one training step's memory that memory_report returns, in the order plots stack them.
 MEMORY_PARTS = ["weights_trainable", "weights_frozen", "buffers", "gradients", "optimizer_state", "activations"]
@@ -33,6 +34,7 @@ def count_parameters(model: torch.nn.Module, verbose: bool = False) -> dict:
     Modules that store a packed (quantised) weight say how many parameters it stands for
     through a ``num_packed_parameters`` attribute; those count as frozen parameters.
     """
+    _check_model(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     total += sum(getattr(m, "num_packed_parameters", 0) for m in model.modules())
@@ -43,8 +45,9 @@ def count_parameters(model: torch.nn.Module, verbose: bool = False) -> dict:
 
 
 def format_parameters(trainable: int, total: int) -> str:
-    """peft's ``print_trainable_parameters`` line for these counts."""
-    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+    """peft's ``print_trainable_parameters`` line for these counts (trainable% is 0 for a model without parameters)."""
+    percent = 100 * trainable / total if total else 0.0
+    return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {percent:.4f}"
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:
@@ -105,27 +108,45 @@ class SavedActivations:
         return False
 
 
+def _check_model(model) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+
+
 @contextlib.contextmanager
 def _trial_steps(model: torch.nn.Module, what: str):
-    """Yield the trainable parameters for a few trial steps, then put back their values.
+    """Yield the trainable parameters for a few trial steps, then put everything back.
 
-    Measuring must not change the model: weights, gradients and train/eval mode are
-    restored afterwards, even when the step fails.
+    Measuring must leave no trace: the trainable weights and their gradients, every buffer
+    (BatchNorm's running statistics and step count), the train/eval mode and the random number
+    generators of the CPU and of every CUDA device the model uses (dropout draws from them)
+    are restored afterwards, even when the step fails. So a ``fit`` after ``memory_report``
+    gives the same losses as without it. The copies are kept on the CPU, so they add nothing
+    to the CUDA memory being measured.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"the model has no trainable parameters, so there is no training step to {what}")
-    snapshot = [p.detach().clone() for p in params]
+    saved_params = [p.detach().to("cpu", copy=True) for p in params]
+    saved_grads = [p.grad for p in params]
+    buffers = list(model.buffers())
+    saved_buffers = [b.detach().to("cpu", copy=True) for b in buffers]
+    cuda_devices = sorted({t.device.index or 0 for t in params + buffers if t.device.type == "cuda"})
     was_training = model.training
-    model.train()
-    try:
-        yield params
-    finally:
-        with torch.no_grad():
-            for p, saved_value in zip(params, snapshot):
-                p.copy_(saved_value)
-                p.grad = None
-        model.train(was_training)
+    with torch.random.fork_rng(devices=cuda_devices):
+        for p in params:
+            p.grad = None
+        model.train()
+        try:
+            yield params
+        finally:
+            with torch.no_grad():
+                for p, value, grad in zip(params, saved_params, saved_grads):
+                    p.copy_(value)
+                    p.grad = grad
+                for b, value in zip(buffers, saved_buffers):
+                    b.copy_(value)
+            model.train(was_training)
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -146,16 +167,19 @@ def memory_report(model: torch.nn.Module, batch, *, loss_fn=None, optimizer: str
                   lr: float = 1e-3, name: str | None = None) -> dict:
     """Measure the memory of one real training step of ``model`` on ``batch``.
 
-    Runs forward, backward and one optimizer step (AdamW by default, or ``"sgd"``), then
-    restores the trainable weights and clears the gradients, so the model is left as it was.
+    Runs forward, backward and one optimizer step (AdamW by default, or ``"sgd"``) in train
+    mode, then restores weights, gradients, buffers, mode and random state, so the model and
+    the random number generators are left as they were.
     Returns a flat dict (one pandas row): ``weights_trainable``, ``weights_frozen``,
     ``buffers``, ``gradients``, ``optimizer_state``, ``activations``, ``total`` (their sum),
     ``weights_by_dtype`` and, on CUDA, ``cuda_peak_allocated``. All values are bytes.
     """
+    _check_model(model)
     loss_fn = loss_fn or default_loss
     optimizers = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     if optimizer not in optimizers:
         raise ValueError(f"optimizer must be one of {sorted(optimizers)}, got {optimizer!r}")
+    check_number("lr", lr, minimum=0.0, strict_minimum=True)
     with _trial_steps(model, "measure") as params:
         dev = params[0].device
         batch = to_device(batch, dev)
@@ -192,8 +216,13 @@ def time_step(model: torch.nn.Module, batch, *, loss_fn=None, lr: float = 1e-3, 
               warmup: int = 2) -> float:
     """Median seconds of one training step (forward, backward, AdamW step) after ``warmup`` steps.
 
-    The trainable weights are restored afterwards, so timing does not change the model.
+    Weights, gradients, buffers, mode and random state are restored afterwards, so timing
+    changes neither the model nor the random number generators.
     """
+    _check_model(model)
+    check_number("lr", lr, minimum=0.0, strict_minimum=True)
+    check_positive_int("num_steps", num_steps)
+    check_int("warmup", warmup, minimum=0)
     loss_fn = loss_fn or default_loss
     times = []
     with _trial_steps(model, "time") as params:

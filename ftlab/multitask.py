@@ -21,16 +21,17 @@ N full copies (``storage_cost``).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 import torch
 from torch import nn
 
+from ftlab.compare import check_seeds
 from ftlab.config import seed_everything
 from ftlab.methods import apply
-from ftlab.methods._inject import active_adapter, adapter_names, set_adapter, tuned_layers
-from ftlab.train import _cycle, evaluate, fit
+from ftlab.methods.base import active_adapter, adapter_names, set_adapter, tuned_layers
+from ftlab.train import cycle, evaluate, fit
 
 HEAD_ATTRIBUTES = ("classifier", "score", "fc")  # transformers' and torchvision's classification heads
 SAMPLINGS = ("proportional", "temperature", "round_robin")
@@ -247,7 +248,7 @@ class Mixture:
     def __iter__(self):
         order = self.task_order(self.num_batches, self.seed + self.passes)
         self.passes += 1
-        streams = {task: _cycle(data) for task, data in self.loaders.items()}
+        streams = {task: cycle(data) for task, data in self.loaders.items()}
         for task in order:
             yield tag(next(streams[task]), task)
 
@@ -366,45 +367,51 @@ def image_tasks(digits_per_class: int = 10, cells_train: int = 1000, seed: int =
 
 def compare_sampling(tasks: dict[str, dict] | None = None, *, num_steps: int = 80, lr: float = 1e-3,
                      batch_size: int = 32, T: float = 3.0, samplings=("proportional", "temperature"),
-                     seed: int = 0, progress: bool = False) -> pd.DataFrame:
-    """Single-task fine-tuning against multi-task training with each sampler, on the glyph ResNet-18.
+                     seeds=(0,), progress: bool = False) -> pd.DataFrame:
+    """Single-task fine-tuning against multi-task training with each sampler, on the glyph ResNet-18, per seed.
 
-    ``tasks``: ``image_tasks()`` by default. Each task alone gets ``num_steps`` steps (one model
-    per task); each multi-task model gets the same total, ``num_steps * len(tasks)`` steps, with
-    batches drawn by the sampler. Every run uses fit's schedule with a warm-up over the first
+    ``tasks``: ``image_tasks(seed=s)`` for each seed s by default (the training images vary with the
+    seed); given tasks stay the same for every seed. Each task alone gets ``num_steps`` steps (one
+    model per task); each multi-task model gets the same total, ``num_steps * len(tasks)`` steps,
+    with batches drawn by the sampler. Every run uses fit's schedule with a warm-up over the first
     10% of its steps and a cosine decay, so final accuracies are not the noise of a constant rate.
-    Returns one row per (``training``, ``task``): ``accuracy`` on the task's test set, ``share``
-    (the sampler's probability of the task; 1 for single-task) and ``batches`` (how many of the
-    task's batches the model trained on).
+    Seed s fixes the heads, the batch order and the sampler's draws. Returns one row per
+    (``training``, ``task``, ``seed``), ordered by training then task: ``accuracy`` on the task's
+    test set, ``share`` (the sampler's probability of the task; 1 for single-task) and ``batches``
+    (how many of the task's batches the model trained on). ``ftlab.compare.summarize(df, "accuracy",
+    by=["training", "task"])`` gives the spread over seeds.
     """
     from ftlab.tasks.images import image_loader
     from ftlab.zoo import load_resnet
 
-    tasks = tasks if tasks is not None else image_tasks(seed=seed)
-    train = {t: image_loader(d["train"], batch_size=min(batch_size, len(d["train"])), shuffle=True, seed=seed)
-             for t, d in tasks.items()}
-    test = {t: Tagged(image_loader(d["test"], batch_size=250), t) for t, d in tasks.items()}
-
-    def fresh_model() -> MultiHeadModel:
-        seed_everything(seed)
-        return multi_head(load_resnet(num_classes=None), {t: d["num_classes"] for t, d in tasks.items()}, seed=seed)
-
+    seeds = check_seeds(seeds)
     rows = []
-    for task in tasks:
-        model = fresh_model()
-        fit(model, Tagged(train[task], task), num_steps=num_steps, lr=lr, warmup_steps=max(1, num_steps // 10),
-            progress=progress)
-        rows.append({"training": "single-task", "task": task, "accuracy": evaluate(model, test[task])["accuracy"],
-                     "share": 1.0, "batches": num_steps})
-    for sampling in samplings:
-        model = fresh_model()
-        mixture = Mixture(train, sampling=sampling, T=T, num_batches=num_steps * len(tasks), seed=seed)
-        order = mixture.task_order(mixture.num_batches, seed)
-        fit(model, mixture, num_steps=mixture.num_batches, lr=lr, warmup_steps=max(1, mixture.num_batches // 10),
-            progress=progress)
-        name = f"multi-task, {sampling}" + (f" T={T:g}" if sampling == "temperature" else "")
-        for task in tasks:
-            rows.append({"training": name, "task": task, "accuracy": evaluate(model, test[task])["accuracy"],
-                         "share": mixture.probabilities[task], "batches": order.count(task)})
-    return pd.DataFrame(rows)
+    for seed in seeds:
+        data = tasks if tasks is not None else image_tasks(seed=seed)
+        train = {t: image_loader(d["train"], batch_size=min(batch_size, len(d["train"])), shuffle=True, seed=seed)
+                 for t, d in data.items()}
+        test = {t: Tagged(image_loader(d["test"], batch_size=250), t) for t, d in data.items()}
 
+        def fresh_model(seed=seed, data=data) -> MultiHeadModel:  # bound to this seed's tasks
+            seed_everything(seed)
+            return multi_head(load_resnet(num_classes=None), {t: d["num_classes"] for t, d in data.items()}, seed=seed)
+
+        for task in data:
+            model = fresh_model()
+            fit(model, Tagged(train[task], task), num_steps=num_steps, lr=lr, warmup_steps=max(1, num_steps // 10),
+                progress=progress)
+            rows.append({"training": "single-task", "task": task, "seed": seed,
+                         "accuracy": evaluate(model, test[task])["accuracy"], "share": 1.0, "batches": num_steps})
+        for sampling in samplings:
+            model = fresh_model()
+            mixture = Mixture(train, sampling=sampling, T=T, num_batches=num_steps * len(data), seed=seed)
+            order = mixture.task_order(mixture.num_batches, seed)
+            fit(model, mixture, num_steps=mixture.num_batches, lr=lr, warmup_steps=max(1, mixture.num_batches // 10),
+                progress=progress)
+            name = f"multi-task, {sampling}" + (f" T={T:g}" if sampling == "temperature" else "")
+            for task in data:
+                rows.append({"training": name, "task": task, "seed": seed,
+                             "accuracy": evaluate(model, test[task])["accuracy"], "share": mixture.probabilities[task],
+                             "batches": order.count(task)})
+    first = {pair: i for i, pair in enumerate(dict.fromkeys((row["training"], row["task"]) for row in rows))}
+    return pd.DataFrame(sorted(rows, key=lambda row: first[row["training"], row["task"]]))  # stable: seeds in order

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 from torch.utils.data import Subset

@@ -1,19 +1,33 @@
-"""Does pretraining pay? A pretrained and a randomly initialised ResNet-18 fine-tuned on few-label digits.
+"""Transfer learning on few-label digits, measured over seeds: does pretraining pay (notebook 01), and how much of
+the pretrained network should train (notebook 02)?
 
-Both models are torchvision's ResNet-18 with a new 10-class head (``ftlab.zoo.load_resnet``),
-trained in full with AdamW by ``ftlab.train.fit`` for the same number of steps, with the same
-learning-rate search, on ``make_digits(labels_per_class=k, seed=s)``. Three claims are measured:
+``compare_pretrained``: the glyph-pretrained and a randomly initialised ResNet-18, each with a new
+10-class head (``ftlab.zoo.load_resnet``), trained in full with AdamW by ``ftlab.train.fit`` for the
+same number of steps, with the same learning-rate search, on ``make_digits(labels_per_class=k,
+seed=s)``. Three claims are measured:
 
-* less data: test accuracy against labels per class (mean over seeds);
+* less data: test accuracy against labels per class (mean and range over seeds);
 * faster convergence: the first step at which validation accuracy reaches 90% of its final value;
 * generalisation: accuracy on the shifted test set (rotated, noisier digits).
+
+``compare_freezing``: the pretrained ResNet-18 fine-tuned with each of ``FREEZE_RECIPES`` (head
+only, last block, gradual unfreezing, discriminative rates, ULMFiT's combination, full, and two
+BatchNorm variants of head-only training) under one budget, one row per recipe and seed.
 """
 from __future__ import annotations
 
-import pandas as pd
-from tqdm.auto import tqdm
+import copy
+import time
 
+import pandas as pd
+import torch
+
+from ftlab.compare import check_seeds
+from ftlab.compare import summarize as summarize_runs
 from ftlab.config import seed_everything
+from ftlab.measure import count_parameters
+from ftlab.methods.freeze import discriminative_param_groups, freeze_to, gradual_unfreezing
+from ftlab.progress import progress as progress_bar
 from ftlab.tasks.images import image_loader, make_digits
 from ftlab.train import evaluate, fit
 from ftlab.zoo import load_resnet
@@ -40,7 +54,7 @@ def finetune_digits(model_name: str, labels_per_class: int | None, *, seed: int 
     seed_everything(seed)
     train = image_loader(data["train"], batch_size=min(batch_size, len(data["train"])), shuffle=True, seed=seed)
     history = fit(model, train, num_steps=num_steps, lr=lr, eval_data=image_loader(data["validation"], batch_size=300),
-                  eval_every=eval_every, device="cpu", progress=False)
+                  eval_every=eval_every, progress=False)
     curve = [(step, result["accuracy"]) for step, result in zip(history["eval_step"], history["eval"])]
     return {
         "model": model_name,
@@ -66,16 +80,18 @@ def compare_pretrained(labels_per_class=(1, 2, 5, 10, 20), seeds=(0, 1, 2), *, p
     2. Each model is fine-tuned with its learning rate for every ``labels_per_class`` and seed
        (``finetune_digits``, ``num_steps`` steps each).
 
-    Returns ``{"lr": {model: lr}, "search": DataFrame, "runs": DataFrame, "summary": DataFrame}``:
-    ``runs`` has one row per (model, labels_per_class, seed); ``summary`` (``summarize``) the
-    means over seeds, pretrained next to scratch.
+    Returns ``{"lr": {model: lr}, "search": DataFrame, "runs": DataFrame, "summary": DataFrame,
+    "spread": DataFrame}``: ``runs`` has one row per (model, labels_per_class, seed); ``summary``
+    (``summarize``) the means over seeds, pretrained next to scratch; ``spread`` the test accuracy's
+    mean, std, min, max and n per (model, labels_per_class) (``ftlab.compare.summarize``).
     """
     if not labels_per_class or not seeds or not lrs:
         raise ValueError("labels_per_class, seeds and lrs each need at least one value")
+    seeds = check_seeds(seeds)
     models = [pretrained, "scratch"]
     jobs = [(m, search_labels_per_class, seeds[0], lr) for m in models for lr in lrs]
-    bar = tqdm(total=len(jobs) + len(models) * len(labels_per_class) * len(seeds), disable=not progress,
-               desc="compare_pretrained")
+    bar = progress_bar(total=len(jobs) + len(models) * len(labels_per_class) * len(seeds), disable=not progress,
+                       desc="compare_pretrained")
     options = {"num_steps": num_steps, "batch_size": batch_size, "eval_every": eval_every}
 
     search = []
@@ -94,7 +110,8 @@ def compare_pretrained(labels_per_class=(1, 2, 5, 10, 20), seeds=(0, 1, 2), *, p
                 bar.update()
     bar.close()
     runs = pd.DataFrame(runs)
-    return {"lr": best, "search": search, "runs": runs, "summary": summarize(runs, pretrained)}
+    return {"lr": best, "search": search, "runs": runs, "summary": summarize(runs, pretrained),
+            "spread": summarize_runs(runs, "test", by=["model", "labels_per_class"])}
 
 
 def summarize(runs: pd.DataFrame, pretrained: str = "glyphs") -> pd.DataFrame:
@@ -110,3 +127,117 @@ def summarize(runs: pd.DataFrame, pretrained: str = "glyphs") -> pd.DataFrame:
             table[f"{metric}_{model_name}"] = means[(metric, model_name)]
     table["gain"] = 100 * (table[f"test_{pretrained}"] - table["test_scratch"])
     return table
+
+
+# ---------------------------------------------------------------- how much should train? (notebook 02)
+# A recipe prepares a freshly loaded model: it freezes what must not train and returns
+# (optimizer or None for fit's AdamW over the trainable parameters, on_step callback or None).
+
+
+def head_only(model, lr: float, num_steps: int):
+    """Train ``fc`` alone: a linear classifier on frozen features (BatchNorm statistics still adapt)."""
+    freeze_to(model, -1)
+    return None, None
+
+
+def last_block(model, lr: float, num_steps: int):
+    """Train ``layer4`` and ``fc``."""
+    freeze_to(model, -2)
+    return None, None
+
+
+def gradual(model, lr: float, num_steps: int):
+    """ULMFiT's gradual unfreezing: the head first, one more group every ``num_steps // 6`` steps, one rate.
+    The optimizer holds every parameter, so that a group unfrozen later trains (AdamW skips it until then)."""
+    freeze_to(model, -1)
+    return torch.optim.AdamW(model.parameters(), lr=lr), gradual_unfreezing(model, every=max(1, num_steps // 6))
+
+
+def discriminative(model, lr: float, num_steps: int):
+    """Everything trains, the head at ``lr`` and each group below 2.6 times slower (ULMFiT's factor)."""
+    return torch.optim.AdamW(discriminative_param_groups(model, lr=lr)), None
+
+
+def ulmfit(model, lr: float, num_steps: int):
+    """ULMFiT's recipe: gradual unfreezing with discriminative rates."""
+    freeze_to(model, -1)
+    return (torch.optim.AdamW(discriminative_param_groups(model, lr=lr)),
+            gradual_unfreezing(model, every=max(1, num_steps // 6)))
+
+
+def full(model, lr: float, num_steps: int):
+    """Everything trains at ``lr``."""
+    freeze_to(model, 0)
+    return None, None
+
+
+def head_frozen_statistics(model, lr: float, num_steps: int):
+    """Head only with the body truly frozen: BatchNorm layers back in eval mode (pretrained statistics) before
+    every step, since ``fit`` puts the whole model in train mode."""
+    freeze_to(model, -1)
+
+    def batchnorm_eval(step, net, optimizer):
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+
+    return None, batchnorm_eval
+
+
+def head_train_bn(model, lr: float, num_steps: int):
+    """Head only plus the affine parameters (gamma, beta) of every BatchNorm layer: fastai's ``train_bn``."""
+    freeze_to(model, -1, train_bn=True)
+    return None, None
+
+
+FREEZE_RECIPES = {"head only": head_only, "last block": last_block, "gradual unfreezing": gradual,
+                  "discriminative lr": discriminative, "gradual + discriminative": ulmfit, "full": full,
+                  "head, BN statistics frozen": head_frozen_statistics, "head + train_bn": head_train_bn}
+
+
+def compare_freezing(recipes=None, seeds=(0, 1, 2), *, labels_per_class: int | None = None, num_steps: int = 60,
+                     lr: float = 1e-3, batch_size: int = 32, progress: bool = False) -> pd.DataFrame:
+    """Fine-tune the glyph-pretrained ResNet-18 on digits with each recipe and seed under one budget.
+
+    ``recipes``: names of ``FREEZE_RECIPES`` or ``{name: recipe}`` (default: all of them); a recipe is
+    ``prepare(model, lr, num_steps) -> (optimizer or None, on_step or None)``. Seed s fixes the new
+    head, the training images (``labels_per_class``; None: all ~100 per class) and the batch order,
+    the same for every recipe. Returns one row per recipe and seed: ``method``, ``seed``,
+    ``trainable at start``, ``trainable`` (at the end), ``test accuracy``, ``shifted accuracy``
+    (the rotated, noisier test digits), ``validation``, ``seconds`` (training time).
+    ``ftlab.compare.summarize(df, "test accuracy")`` gives the spread per recipe.
+    """
+    seeds = check_seeds(seeds)
+    if recipes is None:
+        recipes = dict(FREEZE_RECIPES)
+    elif isinstance(recipes, (list, tuple)):
+        unknown = [name for name in recipes if name not in FREEZE_RECIPES]
+        if unknown:
+            raise ValueError(f"unknown recipes {unknown}; choose from: {', '.join(FREEZE_RECIPES)}")
+        recipes = {name: FREEZE_RECIPES[name] for name in recipes}
+    if not isinstance(recipes, dict) or not recipes:
+        raise TypeError("recipes must be None, a non-empty list of FREEZE_RECIPES names or a dict name -> recipe")
+    rows = []
+    bar = progress_bar(total=len(recipes) * len(seeds), disable=not progress, desc="compare_freezing")
+    for seed in seeds:
+        data = make_digits(labels_per_class, seed=seed)
+        loaders = {split: image_loader(data[split], batch_size=250) for split in ("validation", "test", "test_shifted")}
+        base = load_resnet("glyphs", num_classes=10, seed=seed)
+        for name, prepare in recipes.items():
+            model = copy.deepcopy(base)
+            optimizer, on_step = prepare(model, lr, num_steps)
+            trainable_at_start = count_parameters(model)["trainable"]
+            seed_everything(seed)
+            train = image_loader(data["train"], batch_size=min(batch_size, len(data["train"])), shuffle=True, seed=seed)
+            start = time.perf_counter()
+            fit(model, train, num_steps=num_steps, lr=lr, optimizer=optimizer, on_step=on_step, progress=False)
+            seconds = time.perf_counter() - start
+            rows.append({"method": name, "seed": seed, "trainable at start": trainable_at_start,
+                         "trainable": count_parameters(model)["trainable"],
+                         "test accuracy": evaluate(model, loaders["test"])["accuracy"],
+                         "shifted accuracy": evaluate(model, loaders["test_shifted"])["accuracy"],
+                         "validation": evaluate(model, loaders["validation"])["accuracy"], "seconds": seconds})
+            bar.update()
+    bar.close()
+    order = {name: i for i, name in enumerate(recipes)}
+    return pd.DataFrame(rows).sort_values("method", key=lambda col: col.map(order), kind="stable", ignore_index=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -63,10 +63,19 @@ def check_probability(name: str, value) -> float:
     return value
 
 
-def check_choice(name: str, value, choices) -> object:
-    """``value`` if it is one of ``choices``; otherwise a ValueError that lists them."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is True or False (not 1, 0 or "yes")."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_choice(name: str, value, choices, hint: str = "") -> object:
+    """``value`` if it is one of ``choices`` (True is not taken for 1); otherwise a ValueError that lists them,
+    followed by ``hint`` (say what the other values would need)."""
+    if not any(value == choice and type(value) is type(choice) for choice in choices):
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}"
+                         + (f". {hint}" if hint else ""))
     return value
 
 

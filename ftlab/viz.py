@@ -5,11 +5,19 @@ browser; a widget only wraps one of these functions.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 
 from ftlab.measure import MEMORY_PARTS
+
+
+def _finish(fig):
+    """Lay ``fig`` out and close it, so that Jupyter's inline backend shows it once (as the value returned); returns
+    ``fig``."""
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
 
 
 def plot_memory(rows: Sequence[dict], unit: str = "MB", ax=None):
@@ -195,26 +203,35 @@ def plot_singular_values(deltas: dict, top: int | None = None):
 
 
 def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", label: str = "method", ax=None):
-    """One labelled point per row of ``df`` (e.g. ``ftlab.compare.compare``'s table): trainable parameters
-    (log x axis, since methods differ by orders of magnitude) against accuracy in percent. ``ax``: draw
-    into this matplotlib Axes instead of a new figure."""
+    """Trainable parameters (log x axis, since methods differ by orders of magnitude) against accuracy in percent,
+    one colour and marker per ``label`` (e.g. ``ftlab.compare.compare``'s table, one row per method and seed):
+    every run a small point, the mean over runs a large marker with a bar from the lowest to the highest run.
+    Labels go in a legend beside the axes, so they never overlap. ``ax``: draw into this Axes instead."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.8))
+        _, ax = plt.subplots(figsize=(7.5, 3.8))
     fig = ax.figure
-    for i, row in enumerate(df.to_dict("records")):
-        px, py = row[x], 100 * row[y]
-        ax.scatter([px], [py], color=f"C{i % 10}")
-        ax.annotate(str(row[label]), (px, py), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    groups = list(dict.fromkeys(df[label]))
+    styles = method_styles(groups)
+    for name in groups:
+        rows = df[df[label] == name]
+        colour, marker = styles[name]
+        px, values = float(rows[x].iloc[0]), 100 * rows[y].astype(float)
+        ax.scatter([px] * len(values), values, color=colour, marker=marker, s=14, alpha=0.45, linewidths=0)
+        mean = values.mean()
+        ax.errorbar([px], [mean], yerr=[[mean - values.min()], [values.max() - mean]], color=colour, marker=marker,
+                    markersize=8, capsize=3, linestyle="none", label=f"{name} (n={len(values)})")
     ax.set_xscale("log")
     ax.set_xlabel(f"{x} parameters (log scale)")
     ax.set_ylabel(f"{y} (%)")
     ax.margins(x=0.15, y=0.12)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="mean, min-max", title_fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def plot_abs_matrix(matrix, title: str = "|delta W|"):
-    """An image of the absolute values of a 2-D matrix (e.g. a weight change), with a colour bar: block structure shows."""
+    """An image of the absolute values of a 2-D matrix (e.g. a weight change), with a colour bar: block structure
+    shows."""
     import torch
 
     matrix = torch.as_tensor(matrix).detach().double()
@@ -230,26 +247,39 @@ def plot_abs_matrix(matrix, title: str = "|delta W|"):
     return fig
 
 
-def plot_rank_sweep(df, highlight: int | None = None):
-    """Two panels from ``ftlab.compare.rank_sweep``'s table: trainable parameters against r, and test accuracy
-    (percent) against trainable parameters, each point labelled with its r. ``highlight`` marks row
-    ``highlight`` (e.g. the run a widget just added) in red."""
-    rows = df.to_dict("records")
+def plot_rank_sweep(df, highlight: int | None = None, metric: str = "test accuracy"):
+    """Two panels from ``ftlab.compare.rank_sweep``'s table (one row per (r, alpha) and seed): trainable parameters
+    against r, and ``metric`` (percent) against trainable parameters: every seed a small point, the mean a large
+    one with a bar from the lowest to the highest seed, labelled with its r and alpha. ``highlight`` marks the
+    (r, alpha) of row ``highlight`` (e.g. the run a widget just added) in red."""
+    configs = list(dict.fromkeys(zip(df["r"], df["alpha"])))
+    marked = None if highlight is None else tuple(df[["r", "alpha"]].iloc[highlight])
     fig, (ax_params, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_params.plot([row["r"] for row in rows], [row["trainable"] for row in rows], "o-")
+    per_rank = df.drop_duplicates("r").sort_values("r")
+    ax_params.plot(per_rank["r"], per_rank["trainable"], "o-")
     ax_params.set_xscale("log", base=2)
     ax_params.set_xlabel("rank r (log scale)")
     ax_params.set_ylabel("trainable parameters")
     ax_params.set_title("parameters grow linearly in r")
-    for i, row in enumerate(rows):
-        color = "C3" if i == highlight else "C0"
-        ax_acc.scatter([row["trainable"]], [100 * row["test accuracy"]], color=color)
-        ax_acc.annotate(f"r={row['r']}, alpha={row['alpha']:g}", (row["trainable"], 100 * row["test accuracy"]),
-                        textcoords="offset points", xytext=(5, 4), fontsize=8, color=color)
+    labelled = {}  # labels already placed at each parameter count: the alphas of one rank share an x position
+    for r, alpha in configs:
+        rows = df[(df["r"] == r) & (df["alpha"] == alpha)]
+        color = "C3" if (r, alpha) == marked else "C0"
+        px, values = float(rows["trainable"].iloc[0]), 100 * rows[metric].astype(float)
+        below = labelled.get(px, 0)
+        labelled[px] = below + 1
+        ax_acc.scatter([px] * len(values), values, color=color, s=12, alpha=0.45, linewidths=0)
+        mean = values.mean()
+        ax_acc.errorbar([px], [mean], yerr=[[mean - values.min()], [values.max() - mean]], color=color, marker="o",
+                        capsize=3, linestyle="none")
+        ax_acc.annotate(f"r={r}, alpha={alpha:g}", (px, mean), textcoords="offset points", xytext=(6, 4 - 11 * below),
+                        fontsize=8, color=color)
+    seeds = df.groupby(["r", "alpha"]).size()
     ax_acc.set_xscale("log")
     ax_acc.set_xlabel("trainable parameters (log scale)")
-    ax_acc.set_ylabel("test accuracy (%)")
-    ax_acc.set_title("accuracy against parameters")
+    ax_acc.set_ylabel(f"{metric} (%)")
+    ax_acc.set_title(f"mean and range over {seeds.min()}" + (f"-{seeds.max()}" if seeds.max() > seeds.min() else "")
+                     + " seed(s)")
     ax_acc.margins(x=0.2, y=0.15)
     fig.tight_layout()
     return fig
@@ -337,15 +367,22 @@ def memory_rows(df) -> list[dict]:
 
 
 def plot_comparison(df, metric: str | None = None):
-    """Two panels from ``ftlab.compare.compare``'s table: trainable parameters (log scale) against the task's
-    metric, and the memory of one training step as stacked bars (weights, gradients, optimizer state, activations)."""
+    """``ftlab.compare.compare``'s table (one row per method and seed) in two or three panels: the methods ranked
+    by their mean ``metric`` with every seed as a point and the range as a bar (``plot_spread``); the metric
+    against trainable parameters (``plot_params_vs_accuracy``); and, when ``compare`` measured it, the memory of
+    one training step as stacked bars (weights, gradients, optimizer state, activations; first seed per method)."""
     metric = metric or df.attrs.get("metric", "test accuracy")
-    fig, (ax_params, ax_memory) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
-    plot_params_vs_accuracy(df, y=metric, ax=ax_params)
-    ax_params.set_title(f"{metric} against trainable parameters" + (f" ({df.attrs['task']})" if "task" in df.attrs
-                                                                     else ""))
-    plot_memory(memory_rows(df), ax=ax_memory)
-    ax_memory.tick_params(axis="x", labelrotation=45)
+    measured = "gradients" in df
+    widths = [1, 1.35] + ([1.3] if measured else [])
+    fig, axes = plt.subplots(1, len(widths), figsize=(6.2 * len(widths), 4.4), gridspec_kw={"width_ratios": widths})
+    task = f" ({df.attrs['task']})" if "task" in df.attrs else ""
+    plot_spread(df, value=metric, ax=axes[0])
+    axes[0].set_title(f"{metric}{task}", fontsize=10)
+    plot_params_vs_accuracy(df, y=metric, ax=axes[1])
+    axes[1].set_title(f"{metric} against trainable parameters", fontsize=10)
+    if measured:
+        plot_memory(memory_rows(df.drop_duplicates("method")), ax=axes[2])
+        axes[2].tick_params(axis="x", labelrotation=45)
     fig.tight_layout()
     return fig
 
@@ -372,6 +409,255 @@ def plot_ppo(histories: dict[str, dict]):
     axes[2].set_ylabel("entropy (nats per token)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+# ---- train
+
+def plot_train_val(history: dict, smooth: int = 5):
+    """Training loss against validation loss for one ``fit`` history, with the best step marked.
+
+    The training loss of every step (light) and its moving average over ``smooth`` steps; the
+    validation loss at each evaluation (dots). A gap that opens while the training loss keeps
+    falling is overfitting; the dashed line is ``history["best_step"]``, the dotted one the step
+    where early stopping stopped (``history["stopped_step"]``), if it did.
+    """
+    if not history["eval_step"]:
+        raise ValueError("the history has no validation results: run fit with eval_data= and eval_every=")
+    steps, losses = history["step"], history["loss"]
+    averaged = [sum(losses[max(0, i - smooth + 1): i + 1]) / len(losses[max(0, i - smooth + 1): i + 1])
+                for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot(steps, losses, color="C0", alpha=0.25, linewidth=1)
+    ax.plot(steps, averaged, color="C0", label=f"training loss (mean of {smooth} steps)")
+    ax.plot(history["eval_step"], [e["loss"] for e in history["eval"]], "o-", color="C1", markersize=4,
+            label="validation loss")
+    best = history.get("best_step")
+    if best is not None:
+        ax.axvline(best, color="C2", linestyle="--", label=f"best step {best}")
+    stopped = history.get("stopped_step")
+    if stopped is not None:
+        ax.axvline(stopped, color="C3", linestyle=":", label=f"stopped at {stopped}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    return _finish(fig)
+
+
+def plot_lr_find(result: dict, ax=None):
+    """The learning-rate range test of ``ftlab.lr_find``: loss against rate on a log axis.
+
+    The raw loss of each step (light), the smoothed curve, the rate at its minimum and the
+    suggestion (the minimum's rate / 10) marked. ``ax``: draw into this Axes (e.g. to put full
+    fine-tuning and LoRA side by side) instead of a new figure.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    fig = ax.figure
+    ax.plot(result["lrs"], result["losses"], color="C0", alpha=0.3, linewidth=1, label="loss")
+    ax.plot(result["lrs"], result["smoothed"], color="C0", label="smoothed")
+    i_min = result["lrs"].index(result["lr_min"])
+    ax.plot([result["lr_min"]], [result["smoothed"][i_min]], "o", color="C3",
+            label=f"minimum at {result['lr_min']:.1e}")
+    ax.axvline(result["suggestion"], color="C2", linestyle="--", label=f"suggestion {result['suggestion']:.1e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    return _finish(fig)
+
+
+# ---- evidence
+
+_COLOURS = [plt.get_cmap("tab20")(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*"]
+
+
+def method_styles(labels) -> dict:
+    """``{label: (colour, marker)}``, distinct for up to 20 labels; a method name (``ftlab.methods.available()``)
+    always gets the same style, in every plot."""
+    from ftlab.methods import available
+
+    known = available()
+    styles, extra = {}, 0
+    for label in labels:
+        if label in known:
+            index = known.index(label)
+        else:
+            index, extra = len(known) + extra, extra + 1
+        styles[label] = (_COLOURS[index % len(_COLOURS)], _MARKERS[index % len(_MARKERS)])
+    return styles
+
+
+def plot_spread(df, value: str | None = None, by: str = "method", ax=None, percent: bool = True):
+    """One row per group (``by``), best mean on top: every run (seed) a small point, the mean a large marker, the
+    range from the lowest to the highest run a bar, and the number of runs beside it. Overlapping bars mean
+    the runs cannot tell the groups apart. ``value``: default ``df.attrs["metric"]`` or ``"value"``."""
+    value = value or df.attrs.get("metric") or "value"
+    scale = 100 if percent else 1
+    groups = df.groupby(by, sort=False)[value]
+    means = groups.mean().sort_values()  # ascending: the best ends on top
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 0.9 + 0.38 * len(means)))
+    fig = ax.figure
+    styles = method_styles(list(means.index))
+    for row, name in enumerate(means.index):
+        values = scale * df.loc[df[by] == name, value].astype(float)
+        colour, marker = styles[name]
+        ax.plot([values.min(), values.max()], [row, row], color=colour, linewidth=2, alpha=0.6)
+        ax.scatter(values, [row] * len(values), color=colour, marker=marker, s=16, alpha=0.5, linewidths=0)
+        ax.scatter([values.mean()], [row], color=colour, marker=marker, s=70, edgecolors="black", linewidths=0.6,
+                   zorder=3)
+        ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3), fontsize=7)
+    ax.set_yticks(range(len(means)), [str(name) for name in means.index])
+    ax.set_xlabel(f"{value} (%)" if percent else value)
+    ax.grid(axis="x", alpha=0.3)
+    ax.margins(x=0.12)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(rows, x: str = "num_steps", value: str = "value", by: str = "method", live=None,
+               methods=None, percent: bool = True):
+    """Reference results against a budget axis: per group (``by``, e.g. method), the mean over seeds as a line
+    and the range from the lowest to the highest seed as a band, ``x`` on a log axis (``num_steps``,
+    ``train_examples`` or ``labels_per_class``). ``rows``: ``ftlab.sweep``'s table, sliced to one value of the
+    other budget axes. ``live``: rows of your own run (same columns), drawn as black-edged stars on top, so
+    you see where it falls in the stored spread. ``methods``: the groups to draw (default all)."""
+    import numpy as np
+
+    scale = 100 if percent else 1
+    names = list(methods) if methods is not None else list(dict.fromkeys(rows[by]))
+    unknown = [name for name in names if name not in set(rows[by])]
+    if unknown:
+        raise ValueError(f"no rows for {by} {unknown}; the table has {', '.join(map(str, dict.fromkeys(rows[by])))}")
+    styles = method_styles(names)
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for name in names:
+        stats = rows[rows[by] == name].groupby(x)[value].agg(["mean", "min", "max", "count"])
+        colour, marker = styles[name]
+        xs = np.asarray(stats.index, dtype=float)
+        ax.fill_between(xs, scale * stats["min"], scale * stats["max"], color=colour, alpha=0.15, linewidth=0)
+        ax.plot(xs, scale * stats["mean"], color=colour, marker=marker, label=f"{name} (n={stats['count'].min()})")
+        if live is not None and name in set(live[by]):
+            mine = live[live[by] == name]
+            ax.scatter(mine[x], scale * mine[value], color=colour, marker="*", s=160, edgecolors="black",
+                       linewidths=0.8, zorder=3)
+    if live is not None:
+        ax.scatter([], [], color="white", marker="*", s=160, edgecolors="black", label="your run")
+    ax.set_xscale("log")
+    ticks = sorted(set(rows[x]))
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(x.replace("_", " ") + " (log scale)")
+    ax.set_ylabel(f"{value} (%)" if percent else value)
+    ax.set_title("mean over seeds (line) and range (band)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+# ---- estimate
+
+def plot_memory_by_model_size(df, gpus: Sequence[float] = (16, 24, 48, 80)):
+    """Memory of one training step against model size (``ftlab.estimate.memory_by_model_size``'s table), log-log:
+    one line per method (colour) and precision (line style), with GPUs of ``gpus`` GiB drawn as grey lines."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = ["-", "--", ":", "-."]
+    precisions = list(dict.fromkeys(df["precision"]))
+    for i, method in enumerate(dict.fromkeys(df["method"])):
+        for j, precision in enumerate(precisions):
+            rows = df[(df["method"] == method) & (df["precision"] == precision)].sort_values("parameters")
+            ax.plot(rows["parameters"], rows["total"] / 2**30, styles[j % len(styles)], marker="o", markersize=3,
+                    color=f"C{i % 10}", label=f"{method}, {precision}")
+    for gpu in gpus:
+        ax.axhline(gpu, color="grey", linewidth=0.8, zorder=0)
+        ax.annotate(f"{gpu:g} GB GPU", (df["parameters"].min(), gpu), textcoords="offset points", xytext=(2, 2),
+                    fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("memory of one training step (GiB)")
+    ax.legend(fontsize=8, ncol=2)
+    return _finish(fig)
+
+
+def plot_recommendation(table):
+    """``ftlab.recommend``'s table in three panels, one bar per method: memory of the cheapest setting (green:
+    fits, red: does not fit) against the GPU, storage for all tasks, and quality against full fine-tuning
+    with its spread over seeds ("not measured" where the lab has no result). Methods that do not apply are
+    left out."""
+    rows = table[table["memory_gib"].notna()]
+    y = range(len(rows))
+    fig, (ax_memory, ax_storage, ax_quality) = plt.subplots(1, 3, figsize=(13, 0.45 * len(rows) + 1.6), sharey=True)
+    ax_memory.barh(y, rows["memory_gib"], color=["C2" if fits else "C3" for fits in rows["fits"]])
+    if "gpu_memory_gb" in table.attrs:
+        ax_memory.axvline(table.attrs["gpu_memory_gb"], color="black", linewidth=1)
+        ax_memory.axvline(table.attrs["usable_gib"], color="black", linewidth=0.8, linestyle="--")
+    ax_memory.set_xlabel("GiB for one step (line: the GPU, dashed: usable)")
+    ax_storage.barh(y, rows["storage_all_tasks_gib"], color="C0")
+    ax_storage.set_xlabel(f"GiB stored for {table.attrs.get('num_tasks', 'all')} task(s)")
+    measured = rows["quality_vs_full"].notna()
+    ax_quality.barh([k for k, m in zip(y, measured) if m], rows["quality_vs_full"][measured],
+                    xerr=rows["quality_spread"][measured], color="C1", capsize=3)
+    for k, m in zip(y, measured):
+        if not m:
+            ax_quality.annotate("not measured", (0, k), va="center", fontsize=8, color="grey")
+    ax_quality.axvline(0, color="black", linewidth=0.8)
+    ax_quality.set_xlabel("metric minus full fine-tuning's")
+    ax_memory.set_yticks(list(y), list(rows["method"]))
+    ax_memory.invert_yaxis()
+    return _finish(fig)
+
+
+# ---- nbB1
+
+def plot_round_trip(result: dict, weight_std: float, reference: dict | None = None, error_range: float = 2.5):
+    """One quantisation setting of a weight, from ``ftlab.methods.nf4.round_trip``'s ``result``, in two panels:
+    the histogram of the rounding errors W - W_hat in units of the weight's standard deviation ``weight_std``
+    (log count axis, fixed range +-``error_range``; errors beyond it are counted in the outermost bins), and the
+    setting's place in the plane of bits per weight against relative error. ``reference``: another round_trip
+    result (e.g. QLoRA's default: nf4, block 64, double quantisation) drawn in grey in both panels, unless it is
+    the same setting. The axes stay fixed for the usual settings, so that a widget's updates compare by eye."""
+    import numpy as np
+
+    def label(r: dict) -> str:
+        return f"{r['quant_type']}, block {r['block_size']}, double quant {'on' if r['double_quant'] else 'off'}"
+
+    if reference is not None and label(reference) == label(result):
+        reference = None  # the same setting: drawn once
+
+    # fixed margins instead of tight_layout, and one drawn step curve per histogram: an update stays well under a second
+    fig, (ax_hist, ax_plane) = plt.subplots(1, 2, figsize=(10.5, 3.6), gridspec_kw={"width_ratios": [1.5, 1]})
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.9, wspace=0.25)
+    bins = np.linspace(-error_range, error_range, 121)
+    shown = [r for r in (result, reference) if r is not None]  # the reference's outline on top
+    for r in shown:
+        errors = np.clip(r["error"].double().numpy().ravel() / weight_std, -error_range, error_range)
+        counts, _ = np.histogram(errors, bins=bins)
+        style = {"color": "0.55", "linewidth": 1.2} if r is reference else {"color": "C0", "alpha": 0.75, "fill": True}
+        ax_hist.stairs(counts, bins, label=label(r), **style)
+    ax_hist.set_yscale("log")
+    ax_hist.set_xlabel("rounding error (W - W_hat) / std(W)")
+    ax_hist.set_ylabel("weights (log scale)")
+    ax_hist.set_title(f"{label(result)}: {result['bits_per_parameter']:.3f} bits per weight", fontsize=10)
+    ax_hist.legend(fontsize=8, loc="upper right")
+
+    for r in shown:
+        colour = "0.55" if r is reference else "C0"
+        ax_plane.scatter([r["bits_per_parameter"]], [r["relative_error"]], color=colour, s=60, zorder=3)
+        ax_plane.annotate(f"{r['bits_per_parameter']:.3f} bits, {r['relative_error']:.4f}",
+                          (r["bits_per_parameter"], r["relative_error"]), textcoords="offset points",
+                          xytext=(8, 6 if r is result else -12), fontsize=8, color=colour)
+    bits = max(r["bits_per_parameter"] for r in shown)
+    worst = max(r["relative_error"] for r in shown)
+    ax_plane.set_xlim(3.9, max(6.6, bits + 0.6))
+    ax_plane.set_ylim(0, max(0.2, 1.2 * worst))
+    ax_plane.set_xlabel("stored bits per weight (float32: 32)")
+    ax_plane.set_ylabel("||W - W_hat|| / ||W||")
+    ax_plane.set_title("cost against error (lower left is better)", fontsize=10)
+    ax_plane.grid(alpha=0.3)
+    plt.close(fig)
     return fig
 
 

@@ -58,10 +58,22 @@ def tiny_gpt2_chat():
     import torch
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(__file__).resolve().parent.parent / "data" / "gpt2_tiny")
+    folder = Path(__file__).resolve().parent.parent / "data" / "gpt2_tiny"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=len(tokenizer), n_positions=64,
                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                                      pad_token_id=tokenizer.pad_token_id)
     return transformers.GPT2LMHeadModel(config).eval(), tokenizer
+
+
+@pytest.fixture
+def ipython_shell():
+    """The global IPython test shell (started once per session). IPython's ``globalipapp.get_ipython`` returns it
+    only on its first call, so every test asks for it through this fixture instead."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    start_ipython()
+    return get_ipython()

@@ -9,9 +9,23 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet18
 
-from ftlab.continual import (EWC, AdapterPerTask, LwF, Naive, Replay, ReplayBuffer, Scenario, Task, adapter_model,
-                             average_accuracy, backward_transfer, diagonal_fisher, distillation_loss, forgetting,
-                             run_sequence)
+from ftlab.continual import (
+    EWC,
+    AdapterPerTask,
+    LwF,
+    Naive,
+    Replay,
+    ReplayBuffer,
+    Scenario,
+    Task,
+    adapter_model,
+    average_accuracy,
+    backward_transfer,
+    diagonal_fisher,
+    distillation_loss,
+    forgetting,
+    run_sequence,
+)
 from ftlab.multitask import Tagged
 
 
@@ -338,6 +352,23 @@ def test_compare_strategies_rejects_an_unknown_sequence_or_setting_before_loadin
         compare_strategies("letters")
     with pytest.raises(ValueError, match="setting must be one of"):
         compare_strategies("digits", "domain")
+
+
+def test_compare_strategies_runs_every_strategy_per_seed_from_a_fresh_copy_and_averages_over_seeds():
+    from ftlab.compare import summarize
+    from ftlab.continual import compare_strategies
+
+    replay = Replay(10)
+    result = compare_strategies("digits", "class", {"naive": Naive(), "replay": replay}, num_steps=1, seeds=[0, 1])
+    runs = result["runs"]
+    assert list(zip(runs.strategy, runs.seed)) == [("naive", 0), ("naive", 1), ("replay", 0), ("replay", 1)]
+    assert len(replay.buffer) == 0, "the strategy passed in stays pristine: each run trains a copy"
+    assert list(result["summary"].columns) == ["strategy", "setting", "acc", "bwt", "forgetting", "forgetting_first",
+                                               "n"]
+    naive = result["summary"].iloc[0]
+    assert naive["acc"] == pytest.approx(runs.acc[:2].mean()) and naive["n"] == 2
+    np.testing.assert_allclose(result["R"]["naive"], (result["R_runs"]["naive", 0] + result["R_runs"]["naive", 1]) / 2)
+    assert list(summarize(runs, "acc")["n"]) == [2, 2]
 
 
 def test_lwf_distillation_is_zero_at_the_start_of_a_task_with_batchnorm_in_train_mode():

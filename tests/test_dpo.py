@@ -5,11 +5,10 @@ import pytest
 import torch
 
 import ftlab
+from ftlab.align.common import frozen_copy, preference_loader, response_logprobs
 from ftlab.align.dpo import chosen_nll, dpo_batch, dpo_loss, preference_accuracy, train_dpo
-from ftlab.align.sft import frozen_copy, preference_loader, response_logprobs
 
 from builders import PAIRS
-
 
 
 def test_dpo_loss_matches_hand_computed_values():

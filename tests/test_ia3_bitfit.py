@@ -13,7 +13,7 @@ from torch import nn
 
 import ftlab
 from ftlab.methods import bitfit, ia3
-from ftlab.methods._inject import RESNET_STAGE_CONVS, tuned_layers
+from ftlab.methods.base import RESNET_STAGE_CONVS, tuned_layers
 
 from builders import resnet18, tiny_bert
 
@@ -61,7 +61,7 @@ def build_pair(kind, tiny_gpt2):
 def test_ia3_matches_peft_merged_and_unmerged(kind, tiny_gpt2):
     ours, ref, x, out = build_pair(kind, tiny_gpt2)
     layers = tuned_layers(ours)
-    assert {layer.adapter_config["default"]["is_feedforward"] for _, layer in layers} == {True, False}
+    assert {layer.adapter_config["default"].is_feedforward for _, layer in layers} == {True, False}
     before = {name: [None if p is None else p.detach().clone()
                      for p in (layer.base_layer.weight, layer.base_layer.bias)] for name, layer in layers}
     with torch.no_grad():
@@ -104,7 +104,7 @@ def feedforward_names(model):
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, ia3.IA3Layer):
-            out[name] = module.adapter_config["default"]["is_feedforward"]
+            out[name] = module.adapter_config["default"].is_feedforward
         elif hasattr(module, "is_feedforward") and hasattr(module, "ia3_l"):
             out[name.removeprefix("base_model.model.")] = module.is_feedforward
     return out
@@ -194,8 +194,8 @@ def test_only_method_parameters_train_and_the_rest_stays_bit_identical(method, k
     ({"feedforward_modules": ["c_proj", "c_fcc"]}, ValueError, r"\['c_fcc'\] match none .*\['c_attn', 'c_proj'\]"),
     ({"feedforward_modules": 3}, TypeError, "feedforward_modules must be a list"),
     ({"targets": ["c_atn"]}, ValueError, "c_attn"),
-    ({"targets": ["c_attn", "ln_1"]}, TypeError, "'transformer.h.0.ln_1': cannot adapt a LayerNorm"),
-    ({"init_ia3_weights": "ones"}, ValueError, "init_ia3_weights"),
+    ({"targets": ["c_attn", "ln_1"]}, TypeError, "'transformer.h.0.ln_1': ia3 cannot adapt a LayerNorm"),
+    ({"init_ia3_weights": "ones"}, TypeError, "init_ia3_weights must be True or False"),
     ({"modules_to_save": ["lm_haed"]}, ValueError, "lm_head"),
 ])
 def test_bad_ia3_options_raise_and_leave_the_model_untouched(options, error, message, tiny_gpt2, untouched):
@@ -208,7 +208,7 @@ def test_bad_ia3_options_raise_and_leave_the_model_untouched(options, error, mes
 def test_ia3_on_an_unknown_family_needs_targets(untouched):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     check = untouched(model)
-    with pytest.raises(ValueError, match="no default IA3 targets for Sequential"):
+    with pytest.raises(ValueError, match="no default ia3 targets for Sequential"):
         ia3.apply(model)
     check()
     ia3.apply(model, targets=["0", "2"], feedforward_modules=["2"])

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from ftlab.tasks import images
-from ftlab.tasks.images import (CELL_CLASSES, GLYPH_CLASSES, image_loader, make_cells, make_digits, make_glyphs,
-                                to_unit)
+from ftlab.tasks.images import CELL_CLASSES, GLYPH_CLASSES, image_loader, make_cells, make_digits, make_glyphs, to_unit
 
 SMALL = {"train": 104, "validation": 52, "test": 52}
 
@@ -43,7 +42,7 @@ def test_glyph_split_generated_alone_is_the_same_images(glyphs):
 
 
 def test_glyphs_are_52_balanced_letter_classes_in_the_normalised_range(glyphs):
-    assert GLYPH_CLASSES == list(string.ascii_uppercase + string.ascii_lowercase)
+    assert list(string.ascii_uppercase + string.ascii_lowercase) == GLYPH_CLASSES
     x, y = glyphs["train"].tensors
     assert x.shape == (104, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.long
     assert torch.equal(torch.bincount(y, minlength=52), torch.full((52,), 2))

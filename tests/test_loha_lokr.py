@@ -6,6 +6,7 @@ random weights and compare outputs in float64. alpha / r is a power of two every
 peft's LoHa rounds the scaling to float32, which is then exact.
 """
 import copy
+import warnings
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from transformers.pytorch_utils import Conv1D
 
 import ftlab
 from ftlab.methods import loha, lokr
-from ftlab.methods._inject import RESNET_STAGE_CONVS, replace_module, tuned_layers
+from ftlab.methods.base import RESNET_STAGE_CONVS, replace_module, tuned_layers
 
 from builders import resnet18, tiny_bert
 
@@ -266,7 +267,7 @@ def test_only_adapter_parameters_train_and_base_stays_bit_identical(method, mini
 @pytest.mark.parametrize("dim", [1, 2, 7, 12, 64, 127, 128, 192, 384, 768, 1000, 1536, 3072])
 def test_factorization_matches_peft(dim):
     assert lokr.factorization(dim) == peft_factorization(dim)
-    for factor in lokr.divisors(dim):
+    for factor in range(1, min(dim, 70) + 1):  # divisors, and the fallback for factors that do not divide
         assert lokr.factorization(dim, factor) == peft_factorization(dim, factor)
 
 
@@ -275,25 +276,23 @@ def test_decompose_factor_sets_the_kronecker_shapes(tiny_gpt2):
     layer = tuned_layers(model)[0][1]  # c_attn: 64 inputs = 4 * 16, 192 outputs = 4 * 48
     assert layer.lokr_w1_a["default"].shape == (4, 1) and layer.lokr_w1_b["default"].shape == (1, 4)
     assert layer.lokr_w2_a["default"].shape == (48, 1) and layer.lokr_w2_b["default"].shape == (1, 16)
-    assert layer.adapter_config["default"]["decompose_factor"] == 4
+    assert layer.adapter_config["default"].decompose_factor == 4
 
 
 @pytest.mark.parametrize("method, options, error, message", [
-    ("lokr", {"decompose_factor": 5}, ValueError,
-     r"decompose_factor=5 does not divide the output dimension 192 .*c_attn.*\[1, 2, 4, 8, 16, 32, 64\]"),
-    ("lokr", {"decompose_factor": 3}, ValueError, r"does not divide the input dimension 64"),
     ("lokr", {"decompose_factor": 0}, ValueError, "decompose_factor must be -1"),
     ("lokr", {"init_weights": "pissa"}, ValueError, "init_weights"),
-    ("lokr", {"decompose_both": "yes"}, ValueError, "decompose_both must be True or False"),
-    ("loha", {"r": 0}, ValueError, "positive integer"),
-    ("lokr", {"r": -1}, ValueError, "positive integer"),
-    ("loha", {"r": 65}, ValueError, "largest rank allowed there is 64"),
-    ("loha", {"alpha": "8"}, ValueError, "alpha must be a number"),
+    ("lokr", {"decompose_both": "yes"}, TypeError, "decompose_both must be True or False"),
+    ("loha", {"r": 0}, ValueError, "r must be at least 1"),
+    ("lokr", {"r": -1}, ValueError, "r must be at least 1"),
+    ("loha", {"r": True}, TypeError, "r must be a whole number"),
+    ("loha", {"alpha": "8"}, TypeError, "alpha must be a number"),
+    ("lokr", {"alpha": float("inf")}, ValueError, "alpha must be a finite number"),
     ("loha", {"rank_dropout": 1.0}, ValueError, "rank_dropout"),
     ("lokr", {"module_dropout": -0.1}, ValueError, "module_dropout"),
     ("loha", {"init_weights": None}, ValueError, "init_weights"),
     ("loha", {"targets": ["c_atn"]}, ValueError, "c_attn"),
-    ("lokr", {"targets": ["c_attn", "ln_1"]}, TypeError, "'transformer.h.0.ln_1': cannot adapt a LayerNorm"),
+    ("lokr", {"targets": ["c_attn", "ln_1"]}, TypeError, "'transformer.h.0.ln_1': lokr cannot adapt a LayerNorm"),
     ("loha", {"modules_to_save": ["lm_haed"]}, ValueError, "lm_head"),
 ])
 def test_bad_options_raise_and_leave_the_model_untouched(method, options, error, message, tiny_gpt2, untouched):
@@ -303,12 +302,20 @@ def test_bad_options_raise_and_leave_the_model_untouched(method, options, error,
     check()
 
 
-def test_loha_rank_limit_counts_the_kernel_unless_tucker(untouched):
-    model = copy.deepcopy(resnet18())
+def test_loha_rank_warning_counts_the_kernel_unless_tucker():
     targets = ["layer2.0.conv1"]  # a 3x3 conv, 64 -> 128 channels
-    check = untouched(model)
-    with pytest.raises(ValueError, match="largest rank allowed there is 64"):
-        loha.apply(model, targets=targets, r=65, use_effective_conv2d=True)  # Tucker: W1b (r, 64)
-    check()
-    loha.apply(model, targets=targets, r=65)  # flattened kernel: W1b (r, 64 * 3 * 3), W1a (128, r)
+    with pytest.warns(UserWarning, match=r"r=65 on 'layer2.0.conv1' \(64 inputs, 128 outputs\)"):
+        loha.apply(copy.deepcopy(resnet18()), targets=targets, r=65, use_effective_conv2d=True)  # Tucker: W1b (r, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = loha.apply(copy.deepcopy(resnet18()), targets=targets, r=65)  # flattened: W1b (r, 64 * 3 * 3)
     assert tuned_layers(model)[0][1].hada_w1_b["default"].shape == (65, 576)
+
+
+def test_a_decompose_factor_that_does_not_divide_falls_back_as_peft_does_and_says_so(tiny_gpt2):
+    with pytest.warns(UserWarning, match=r"decompose_factor=5 does not divide the 192 outputs of "
+                                         r"'transformer.h.0.attn.c_attn'.*splits them 4 x 48"):
+        model = lokr.apply(tiny_gpt2, targets=["c_attn"], decompose_factor=5, r=1)
+    layer = tuned_layers(model)[0][1]  # 192 outputs = 4 * 48, 64 inputs = 4 * 16 (5 divides neither)
+    assert layer.lokr_w1["default"].shape == (4, 4)
+    assert layer.lokr_w2_a["default"].shape == (48, 1) and layer.lokr_w2_b["default"].shape == (1, 16)

@@ -5,6 +5,7 @@ random weights and compare outputs in float64.
 """
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 
 import ftlab
 from ftlab.methods import lora
-from ftlab.methods._inject import RESNET_STAGE_CONVS, tuned_layers
+from ftlab.methods.base import RESNET_STAGE_CONVS, tuned_layers
 
 from builders import minilm_classifier, resnet18_float64, tiny_gpt2
 
@@ -127,7 +128,7 @@ def test_lora_and_dora_match_peft_merged_and_unmerged(minilm, kind, use_dora):
 def test_lora_matches_peft_with_rslora_scaling(minilm, use_dora):
     ours, ref, _, x, out = build_pair("conv1d", minilm, r=4, lora_alpha=6, use_rslora=True, use_dora=use_dora)
     layer = tuned_layers(ours)[0][1]
-    assert layer.scaling("default") == pytest.approx(6 / math.sqrt(4))
+    assert layer.adapter_config["default"].scaling == pytest.approx(6 / math.sqrt(4))
     with torch.no_grad():
         assert max_diff(out(ours, x), out(ref, x)) < TOL
 
@@ -206,7 +207,7 @@ def test_weighted_sum_of_adapters_is_exact(minilm, kind):
     lora.add_weighted_adapter(model, ["default", "second"], [0.7, -1.3], "sum")
     for _, layer in tuned_layers(model):
         expected = 0.7 * layer.delta_weight("default") - 1.3 * layer.delta_weight("second")
-        assert layer.adapter_config["sum"]["r"] == 5
+        assert layer.adapter_config["sum"].r == 5
         assert max_diff(layer.delta_weight("sum"), expected) < 1e-12
     ftlab.set_adapter(model, "sum")
     merged_sum = copy.deepcopy(model)
@@ -247,13 +248,14 @@ def assert_untouched(model, state, types):
 
 
 @pytest.mark.parametrize("options, error, message", [
-    ({"r": 0}, ValueError, "positive integer"),
-    ({"r": -2}, ValueError, "positive integer"),
-    ({"r": 65}, ValueError, "largest rank allowed there is 64"),
+    ({"r": 0}, ValueError, "r must be at least 1"),
+    ({"r": -2}, ValueError, "r must be at least 1"),
+    ({"r": 2.5}, TypeError, "r must be a whole number"),
+    ({"lora_alpha": float("nan")}, ValueError, "lora_alpha must be a finite number"),
     ({"lora_dropout": 1.5}, ValueError, "lora_dropout"),
     ({"init_lora_weights": "pissa"}, ValueError, "init_lora_weights"),
     ({"targets": ["c_atn"]}, ValueError, "c_attn"),
-    ({"targets": ["c_attn", "ln_1"]}, TypeError, "'transformer.h.0.ln_1': cannot adapt a LayerNorm"),
+    ({"targets": ["c_attn", "ln_1"]}, TypeError, "'transformer.h.0.ln_1': lora cannot adapt a LayerNorm"),
     ({"modules_to_save": ["lm_haed"]}, ValueError, "lm_head"),
 ])
 def test_bad_lora_options_raise_and_leave_the_model_untouched(options, error, message):
@@ -265,8 +267,73 @@ def test_bad_lora_options_raise_and_leave_the_model_untouched(options, error, me
     assert_untouched(model, state, types)
 
 
-def test_rank_limit_for_conv_counts_the_kernel():
-    model = copy.deepcopy(resnet18_float64())
-    with pytest.raises(ValueError, match="largest rank allowed there is 64"):
-        lora.apply(model, r=65)
-    lora.apply(model, r=64)
+def test_rank_warning_for_conv_counts_the_kernel():
+    # layer1's 3x3 convs: A sees 64 * 9 inputs, B gives 64 outputs, so ranks above 64 add nothing
+    with pytest.warns(UserWarning, match=r"r=65 on 'layer1.0.conv1' \(576 inputs, 64 outputs\)"):
+        lora.apply(copy.deepcopy(resnet18_float64()), r=65)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lora.apply(copy.deepcopy(resnet18_float64()), r=64)
+
+
+# ---------------------------------------------------------------- nn.MultiheadAttention (lora_mha.py)
+
+def attention_pair():
+    """(float64 nn.MultiheadAttention, the same with LoRA and random B), input (L, N, E)."""
+    torch.manual_seed(0)
+    base = torch.nn.MultiheadAttention(12, 3).double().eval()
+    model = torch.nn.Sequential(copy.deepcopy(base))
+    lora.apply(model, targets=["0"], r=4, lora_alpha=8, init_lora_weights=False)
+    x = torch.randn(5, 2, 12, dtype=torch.float64)
+    return base, model, x
+
+
+def test_lora_on_multihead_attention_is_the_attention_with_both_projections_changed():
+    base, model, x = attention_pair()
+    layer = model[0]
+    reference = copy.deepcopy(base)
+    with torch.no_grad():
+        reference.in_proj_weight += 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight  # (3E, E)
+        out = layer.base_layer.out_proj
+        reference.out_proj.weight += 2.0 * out.lora_B["default"].weight @ out.lora_A["default"].weight  # (E, E)
+        expected = reference(x, x, x)[0]
+        assert max_diff(expected, base(x, x, x)[0]) > 1e-3
+        assert max_diff(layer(x, x, x)[0], expected) < TOL
+        ftlab.merge(model)
+        assert max_diff(layer(x, x, x)[0], expected) < TOL
+        ftlab.unmerge(model)
+        with ftlab.disable_adapters(model):
+            assert max_diff(layer(x, x, x)[0], base(x, x, x)[0]) < 1e-12
+    (layer(x, x, x)[0] ** 2).sum().backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) == 4 and all(p.grad is not None and p.grad.abs().max() > 0 for p in trainable)
+    plain = ftlab.merge_and_unload(model)
+    assert type(plain[0]) is torch.nn.MultiheadAttention and type(plain[0].out_proj) is not lora.LoraLayer
+    with torch.no_grad():
+        assert max_diff(plain[0](x, x, x)[0], expected) < TOL
+
+
+def test_peft_adds_out_projs_change_twice_so_export_and_import_are_refused(tmp_path, untouched):
+    # huggingface/peft#3774: when peft computes W_out + 2 * delta, lift the refusal in lora.LORA_FORMAT.broken
+    base, model, x = attention_pair()
+    with pytest.raises(ValueError, match="'0' is a MultiheadAttention: peft 0.21.2 adds the change.*peft#3774"):
+        ftlab.export_peft(model, tmp_path / "ours")
+    peft_model = get_peft_model(torch.nn.Sequential(copy.deepcopy(base)),
+                                LoraConfig(target_modules=["0"], r=4, lora_alpha=8, init_lora_weights=False))
+    peft_layer, layer = peft_model.base_model.model[0], model[0]
+    with torch.no_grad():
+        for ours, theirs in [(layer, peft_layer), (layer.base_layer.out_proj, peft_layer.base_layer.out_proj)]:
+            theirs.lora_A["default"].weight.copy_(ours.lora_A["default"].weight)
+            theirs.lora_B["default"].weight.copy_(ours.lora_B["default"].weight)
+        doubled = copy.deepcopy(model)
+        out = doubled[0].base_layer.out_proj
+        out.lora_B["default"].weight.mul_(2)
+        theirs = peft_layer(x, x, x)[0]
+        assert max_diff(theirs, doubled[0](x, x, x)[0]) < TOL  # peft: out_proj's change twice
+        assert max_diff(theirs, layer(x, x, x)[0]) > 1e-3
+    peft_model.save_pretrained(tmp_path / "peft")
+    fresh = torch.nn.Sequential(copy.deepcopy(base))
+    check = untouched(fresh)
+    with pytest.raises(ValueError, match="peft#3774"):
+        ftlab.import_peft(fresh, tmp_path / "peft")
+    check()

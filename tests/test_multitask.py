@@ -9,9 +9,21 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet18
 
 from ftlab.measure import count_parameters
-from ftlab.methods._inject import active_adapter
-from ftlab.multitask import (Mixture, MultiHeadModel, Tagged, add_task_adapters, compare_sampling, multi_head,
-                             select_task, storage_cost, storage_curve, tag, task_probabilities, train_task_adapters)
+from ftlab.methods.base import active_adapter
+from ftlab.multitask import (
+    Mixture,
+    MultiHeadModel,
+    Tagged,
+    add_task_adapters,
+    compare_sampling,
+    multi_head,
+    select_task,
+    storage_cost,
+    storage_curve,
+    tag,
+    task_probabilities,
+    train_task_adapters,
+)
 from ftlab.train import evaluate, fit
 
 
@@ -240,3 +252,20 @@ def test_compare_sampling_runs_every_training_on_small_tasks():
     assert list(table.training.unique()) == ["single-task", "multi-task, proportional", "multi-task, temperature T=3"]
     multi = table[table.training == "multi-task, proportional"]
     assert multi.share.sum() == pytest.approx(1.0) and multi.batches.sum() == 2
+    assert set(table.seed) == {0}
+
+
+def test_compare_sampling_gives_one_row_per_training_task_and_seed_ordered_by_training_then_task():
+    from ftlab.compare import summarize
+
+    def small(num_classes, seed):
+        loader = _loader(8, num_classes, seed=seed)
+        return {"train": loader.dataset, "test": loader.dataset, "num_classes": num_classes}
+
+    table = compare_sampling({"big": small(3, 0), "tiny": small(2, 1)}, num_steps=1, batch_size=4,
+                             samplings=("proportional",), seeds=[0, 1])
+    assert list(zip(table.training, table.task, table.seed)) == [
+        ("single-task", "big", 0), ("single-task", "big", 1), ("single-task", "tiny", 0), ("single-task", "tiny", 1),
+        ("multi-task, proportional", "big", 0), ("multi-task, proportional", "big", 1),
+        ("multi-task, proportional", "tiny", 0), ("multi-task, proportional", "tiny", 1)]
+    assert list(summarize(table, "accuracy", by=["training", "task"])["n"]) == [2, 2, 2, 2]

@@ -221,6 +221,20 @@ def test_nf4_has_the_lowest_error_on_minilm_weights(minilm):
         assert errors["nf4"] < 0.1
 
 
+
+def test_round_trip_returns_the_error_tensor_its_norm_and_the_stored_bits():
+    weight = torch.randn(96, 40, generator=torch.Generator().manual_seed(3))
+    for quant_type, block_size, double_quant in [("nf4", 64, True), ("fp4", 16, False), ("int4", 256, True)]:
+        result = nf4.round_trip(weight, quant_type, block_size, double_quant)
+        q = nf4.quantize(weight, block_size=block_size, double_quant=double_quant, quant_type=quant_type)
+        want = weight.double() - nf4.dequantize(q).double()
+        assert result["error"].shape == weight.shape and torch.equal(result["error"], want)
+        assert result["relative_error"] == pytest.approx((want.norm() / weight.double().norm()).item(), rel=1e-12)
+        assert result["relative_error"] == nf4.quantization_error(weight, quant_type, block_size, double_quant)
+        assert result["bits_per_parameter"] == nf4.bits_per_parameter(q)
+        assert (result["quant_type"], result["block_size"], result["double_quant"]) == (quant_type, block_size,
+                                                                                        double_quant)
+
 def test_quantized_state_lives_in_module_buffers_and_safetensors():
     weight = torch.randn(96, 40)
     q = nf4.quantize(weight)
@@ -248,8 +262,11 @@ def test_bad_inputs_raise_clear_errors_and_leave_the_weight_unchanged():
         nf4.quantize(q)
     with pytest.raises(ValueError, match="unknown quant_type 'nf8'.*nf4, fp4, int4"):
         nf4.quantize(weight, quant_type="nf8")
-    for block_size in (0, -64, 48, 64.0, True):
+    for block_size in (0, -64, 48):
         with pytest.raises(ValueError, match="positive power of two"):
+            nf4.quantize(weight, block_size=block_size)
+    for block_size in (64.0, True):
+        with pytest.raises(TypeError, match="block_size must be a whole number"):
             nf4.quantize(weight, block_size=block_size)
     with pytest.raises(ValueError, match="empty"):
         nf4.quantize(torch.empty(0, 4))

@@ -220,11 +220,10 @@ def test_loha_and_lokr_on_conv1d_are_refused_since_peft_cannot_load_them(tiny_gp
 
 @pytest.mark.parametrize("make, message", [
     (lambda m: ftlab.apply(m, "bitfit"), "outside ftlab's adapter layers .* BitFit"),
-    (lambda m: ftlab.apply(ftlab.apply(m, "lora", targets=["c_attn"]), "bitfit"), "outside ftlab's adapter layers"),
     (lambda m: ftlab.apply(m, "adapter"), "peft cannot load adapter 'default', made by ftlab's method 'adapter'"),
     (lambda m: ftlab.apply(m, "prefix", num_virtual_tokens=4), "outside ftlab's adapter layers .* prefix"),
     (lambda m: m.requires_grad_(False), r"no adapter called 'default' \(its adapters: \[\]\)"),
-], ids=["bitfit", "lora-plus-bitfit", "bottleneck-adapter", "prefix", "no-adapter"])
+], ids=["bitfit", "bottleneck-adapter", "prefix", "no-adapter"])
 def test_export_of_what_peft_cannot_load_raises_and_writes_nothing(tiny_gpt2, tmp_path, make, message):
     model = make(copy.deepcopy(tiny_gpt2))
     with pytest.raises(ValueError, match=message):
@@ -284,15 +283,18 @@ def test_import_errors_for_missing_damaged_and_pickled_files(tiny_gpt2, untouche
 
 @pytest.mark.parametrize("changes, message", [
     ({"peft_type": "PREFIX_TUNING"}, "cannot read peft's 'PREFIX_TUNING' adapters; supported peft types: LORA"),
-    ({"bias": "all"}, r"bias='all' is not supported by ftlab's lora \(only bias='none'\)"),
-    ({"layers_to_transform": [0]}, r"layers_to_transform=\[0\] is not supported"),
+    ({"exclude_modules": ["c_proj"]}, r"exclude_modules=\['c_proj'\] is not supported by ftlab's lora.*list the "
+                                      r"targets to keep explicitly"),
+    ({"target_parameters": ["c_attn.weight"]}, "target_parameters.*not supported.*name the module in targets"),
+    ({"layers_to_transform": [0]}, r"2 unexpected \(e.g. \['base_model.model.transformer.h.1.attn.c_attn.lora_A"),
     ({"use_qalora": True}, "use_qalora=True is not supported"),
-    ({"init_lora_weights": "pissa"}, "changes the base weights when peft loads the adapter"),
+    ({"init_lora_weights": "pissa"}, "pissa.*change the base weights when peft loads the adapter"),
     ({"target_modules": ["query"]}, "match no module of GPT2LMHeadModel; the adapter was made for another model"),
     ({"target_modules": ["c_attn", "c_fc"]}, r"does not fit this model and config: 4 tensors missing"),
     ({"r": 4}, r"wrong shape .*lora_A.weight: \(8, 64\) instead of \(4, 64\)"),
     ({"lora_dropout": 1.5}, "lora_dropout must be a probability"),
-], ids=["peft-type", "bias", "layers", "qalora", "pissa", "other-model", "missing-tensors", "shape", "dropout"])
+], ids=["peft-type", "exclude", "parameters", "layers", "qalora", "pissa", "other-model", "missing-tensors", "shape",
+        "dropout"])
 def test_import_of_a_mismatching_or_unsupported_adapter_raises_and_leaves_the_model_untouched(
         tiny_gpt2, untouched, tmp_path, changes, message):
     write_peft_lora(tiny_gpt2, tmp_path)
@@ -311,3 +313,54 @@ def test_import_into_a_model_that_already_has_the_adapter_name_leaves_it_untouch
     with pytest.raises(ValueError, match="adapter 'default' already exists"):
         ftlab.import_peft(model, tmp_path)
     check()
+
+
+# ---------------------------------------------------------------- apply takes what import_peft takes
+
+def test_apply_takes_every_option_that_import_peft_reads():
+    import inspect
+
+    from ftlab.methods import registry
+
+    renamed = {"target_modules": "targets"}
+    for spec in registry().values():
+        if spec.peft is None or spec.implied:
+            continue
+        fmt = spec.peft
+        read = {*fmt.options, *fmt.patterns, *fmt.flags, fmt.init, *peft_io.SELECTION} - {None}
+        parameters = inspect.signature(spec.apply).parameters
+        assert {renamed.get(key, key) for key in read} <= set(parameters), spec.name
+
+
+@pytest.mark.parametrize("options, peft_options", [
+    ({"rank_pattern": {"c_fc": 2}, "alpha_pattern": {"h.1.attn.c_attn": 3}},
+     {"rank_pattern": {"c_fc": 2}, "alpha_pattern": {"h.1.attn.c_attn": 3}}),
+    ({"layers_to_transform": [1]}, {"layers_to_transform": [1]}),
+    ({"layers_to_transform": 0, "layers_pattern": "h"}, {"layers_to_transform": 0, "layers_pattern": "h"}),
+    ({"bias": "lora_only"}, {"bias": "lora_only"}),
+    ({"bias": "all"}, {"bias": "all"}),
+    ({"init_lora_weights": "gaussian"}, {"init_lora_weights": "gaussian"}),
+    ({"lora_bias": True, "lora_alpha": 16}, {"lora_bias": True, "lora_alpha": 16}),
+], ids=["patterns", "layers", "layers-pattern", "bias-lora-only", "bias-all", "gaussian", "lora-bias"])
+def test_peft_options_given_to_apply_make_peft_s_model_and_go_back_and_forth(tiny_gpt2, tmp_path, options,
+                                                                              peft_options):
+    base_model = tiny_gpt2.double()
+    targets = ["c_attn", "c_fc"]
+    ours = ftlab.apply(copy.deepcopy(base_model), "lora", targets=targets, **options)
+    ref = get_peft_model(copy.deepcopy(base_model), LoraConfig(target_modules=targets, fan_in_fan_out=True,
+                                                               **peft_options))
+    assert ftlab.count_parameters(ours)["trainable"] == ref.get_nb_trainable_parameters()[0]  # the same selection
+    perturb_trainable(ours)
+    ftlab.export_peft(ours, tmp_path)
+    loaded = load_in_peft(base_model, tmp_path)
+    back = ftlab.import_peft(copy.deepcopy(base_model), tmp_path)
+    x = torch.randint(0, 500, (2, 9))
+    with torch.no_grad():
+        expected = loaded(x).logits
+        assert max_diff(expected, base_model(x).logits) > 1e-4
+        assert max_diff(ours(x).logits, expected) < TOL
+        assert max_diff(back(x).logits, expected) < TOL
+    if options.get("init_lora_weights") == "gaussian":
+        fresh = ftlab.apply(copy.deepcopy(base_model), "lora", targets=["c_fc"], r=64, **options)
+        A = fresh.transformer.h[0].mlp.c_fc.lora_A["default"].weight
+        assert abs(A.std().item() - 1 / 64) < 2e-3  # N(0, 1/r^2), as peft's "gaussian"

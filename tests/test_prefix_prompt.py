@@ -144,11 +144,18 @@ def test_only_virtual_tokens_and_head_train(method, minilm):
 
 
 @pytest.mark.parametrize("method", ["prefix", "prompt"])
-@pytest.mark.parametrize("num_virtual_tokens", [0, -3, 64, 100, 2.5, True])
-def test_bad_virtual_token_count_raises_and_leaves_the_model_untouched(method, num_virtual_tokens, tiny_gpt2,
-                                                                       untouched):
+@pytest.mark.parametrize("num_virtual_tokens, error, message", [
+    (0, ValueError, "num_virtual_tokens must be an int from 1 to 63"),
+    (-3, ValueError, "num_virtual_tokens must be an int from 1 to 63"),
+    (64, ValueError, "num_virtual_tokens must be an int from 1 to 63"),
+    (100, ValueError, "num_virtual_tokens must be an int from 1 to 63"),
+    (2.5, TypeError, "num_virtual_tokens must be a whole number"),
+    (True, TypeError, "num_virtual_tokens must be a whole number"),
+])
+def test_bad_virtual_token_count_raises_and_leaves_the_model_untouched(method, num_virtual_tokens, error, message,
+                                                                       tiny_gpt2, untouched):
     check = untouched(tiny_gpt2)
-    with pytest.raises(ValueError, match="num_virtual_tokens must be an int from 1 to 63"):
+    with pytest.raises(error, match=message):
         ftlab.apply(tiny_gpt2, method, num_virtual_tokens=num_virtual_tokens)
     check()
 

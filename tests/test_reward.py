@@ -5,12 +5,10 @@ import pytest
 import torch
 
 import ftlab
-from ftlab.align.reward import (RewardModel, pairwise_accuracy, reward_loss, score, train_reward_model,
-                                win_rate)
-from ftlab.align.sft import collate, encode, preference_loader
+from ftlab.align.common import collate, encode, preference_loader
+from ftlab.align.reward import RewardModel, pairwise_accuracy, reward_loss, score, train_reward_model, win_rate
 
 from builders import PAIRS
-
 
 
 def test_reward_loss_matches_hand_computed_values():
@@ -123,18 +121,3 @@ def test_reward_experiment_runs_on_the_shipped_model():
     result = reward_experiment(num_steps=2, batch_size=4, num_test=9, progress=False)
     assert result["before"] == 0.5 and 0 <= result["after"] <= 1
     assert set(result["by_kind"]) == {"correct", "grammar", "polite"}
-
-
-def test_reward_model_is_trained_on_the_cached_sft_model_once_then_loaded(tmp_path, monkeypatch):
-    import ftlab.align.reward as reward
-    import ftlab.align.sft as sft
-
-    monkeypatch.setattr(sft, "SFT_SETTINGS", {**sft.SFT_SETTINGS, "num_steps": 2, "batch_size": 4})
-    monkeypatch.setattr(reward, "REWARD_SETTINGS", {**reward.REWARD_SETTINGS, "num_steps": 2, "batch_size": 4})
-    first = reward.reward_model(cache_dir=tmp_path, progress=False)
-    second = reward.reward_model(cache_dir=tmp_path, progress=False)
-    assert not first["cached"] and second["cached"] and second["sft"]["cached"]
-    assert first["by_kind"] == second["by_kind"] and first["after"] == second["after"]
-    trained, loaded = first["model"].state_dict(), second["model"].state_dict()
-    assert all(torch.equal(trained[k], loaded[k]) for k in trained)
-    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["reward", "sft"]

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import ftlab
+from ftlab.align.common import frozen_copy, token_logprobs
 from ftlab.align.reward import RewardModel
 from ftlab.align.rlhf import _logits, gae, ppo_losses, ppo_train, ppo_update, rollout
-from ftlab.align.sft import frozen_copy, token_logprobs
 
 PROMPTS = ["Question: what is the plural of fox?\nAnswer:", "Tolo asks: can I borrow your kite?",
            "continue the story: Mara found a red ball.", "Question: how many words: red fox runs\nAnswer:"]

@@ -7,9 +7,19 @@ import torch
 from torch import nn
 
 import ftlab
-from ftlab.align.sft import (as_reference, check_reference, collate, encode, format_example, frozen_copy, generate,
-                             generate_ids, mixed_demonstrations, preference_loader, response_logprobs, sft_loader,
-                             token_logprobs, train_sft)
+from ftlab.align.common import (
+    as_reference,
+    check_reference,
+    collate,
+    encode,
+    format_example,
+    frozen_copy,
+    preference_loader,
+    response_logprobs,
+    token_logprobs,
+)
+from ftlab.align.generate import generate, generate_ids
+from ftlab.align.sft import mixed_demonstrations, sft_loader, train_sft
 
 EXAMPLES = [
     {"prompt": "Question: what is the plural of fox?\nAnswer:", "answer": "foxes"},
@@ -251,9 +261,8 @@ def test_reference_sharing_trainable_weights_is_an_error(tiny_gpt2_chat, untouch
 
 def test_adapter_disabled_reference_needs_adapters(tiny_gpt2_chat):
     model, _ = tiny_gpt2_chat
-    with pytest.raises(ValueError, match="has no adapters"):
-        with as_reference(model, None):
-            pass
+    with pytest.raises(ValueError, match="has no adapters"), as_reference(model, None):
+        pass
 
 
 def test_mixed_demonstrations_answer_with_chosen_or_rejected_at_random():
@@ -275,40 +284,10 @@ def test_sft_experiment_runs_on_the_shipped_model():
 
 
 def test_max_positions_leaves_room_for_virtual_tokens(tiny_gpt2_chat):
-    from ftlab.align.sft import max_positions
+    from ftlab.align.common import max_positions
 
     model, _ = tiny_gpt2_chat
     full = model.config.max_position_embeddings
     assert max_positions(model) == full
     wrapped = ftlab.apply(model, "prompt", num_virtual_tokens=5)
     assert max_positions(wrapped) == full - 5
-
-
-def test_sft_model_trains_once_then_loads_the_same_weights_from_the_cache(tmp_path, monkeypatch):
-    import ftlab.align.sft as sft
-
-    monkeypatch.setattr(sft, "SFT_SETTINGS", {**sft.SFT_SETTINGS, "num_steps": 2, "batch_size": 4})
-    first = sft.sft_model(cache_dir=tmp_path, progress=False)
-    second = sft.sft_model(cache_dir=tmp_path, progress=False)
-    assert not first["cached"] and second["cached"] and first["folder"] == second["folder"]
-    assert first["after"] == second["after"] and len(second["loss"]) == 2
-    trained, loaded = first["model"].state_dict(), second["model"].state_dict()
-    assert all(torch.equal(trained[k], loaded[k]) for k in trained)
-    monkeypatch.setattr(sft, "SFT_SETTINGS", {**sft.SFT_SETTINGS, "lr": 1e-4})  # other settings, other folder
-    assert sft.cache_folder("sft", sft.SFT_SETTINGS, tmp_path) != sft.cache_folder("sft", {**sft.SFT_SETTINGS,
-                                                                                          "lr": 1e-3}, tmp_path)
-
-
-def test_a_damaged_cache_counts_as_absent_and_leaves_the_model_as_it_was(tiny_gpt2_chat, tmp_path, untouched):
-    from ftlab.align.sft import load_cached, save_cached
-
-    model, _ = tiny_gpt2_chat
-    save_cached(model, tmp_path / "ok", {"note": 1})
-    assert load_cached(copy.deepcopy(model), tmp_path / "ok") == {"note": 1}
-    assert load_cached(model, tmp_path / "missing") is None
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "model.safetensors").write_bytes(b"not a safetensors file")
-    (tmp_path / "bad" / "info.json").write_text("{}")
-    check = untouched(model)
-    assert load_cached(model, tmp_path / "bad") is None
-    check()

@@ -1,15 +1,11 @@
 """The text tasks: corpus, instructions, preferences and topic generators, and their metrics."""
 import collections
-import math
 import random
 import re
 
 import pytest
-import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from ftlab.tasks import corpus, instructions, preferences, topic
-from ftlab.zoo import DATA_DIR
 
 SMALL = {"train": 300, "validation": 60, "test": 60}
 SPLITS = ("train", "validation", "test")
@@ -17,11 +13,6 @@ SPLITS = ("train", "validation", "test")
 
 def words(text: str) -> set[str]:
     return set(re.findall(r"[A-Za-z]+", text.lower()))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(DATA_DIR / "gpt2_tiny")
 
 
 # ---------------------------------------------------------------- corpus
@@ -147,69 +138,6 @@ def test_make_corpus_rejects_bad_sizes(sizes):
         corpus.make_corpus(0, sizes)
 
 
-def test_lm_loader_masks_exactly_the_padding(tokenizer):
-    texts = ["Mara ran.", "Tolo: Hello, Mara! How are you today?"]
-    batch = next(iter(corpus.lm_loader(texts, tokenizer, batch_size=2)))
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    assert ids.shape == mask.shape == labels.shape
-    for row, text in enumerate(texts):
-        n = int(mask[row].sum())
-        assert ids[row, 0] == tokenizer.bos_token_id and ids[row, n - 1] == tokenizer.eos_token_id
-        assert tokenizer.decode(ids[row, 1:n - 1]) == text
-        assert (ids[row, n:] == tokenizer.pad_token_id).all()
-    assert torch.equal(labels, ids.masked_fill(mask == 0, -100))
-    assert (labels == -100).sum() > 0  # the short text really was padded
-
-
-def test_lm_loader_needs_a_pad_token(tokenizer):
-    with pytest.raises(ValueError, match="pad"):
-        corpus.lm_loader(["a"], type("NoPad", (), {"pad_token_id": None, "bos_token_id": 0, "eos_token_id": 0})())
-
-
-def test_packed_loader_cuts_one_stream_of_documents_into_full_rows(tokenizer):
-    texts = ["Mara ran.", "Tolo: Hello, Mara! How are you today?", "Lori smiled at the big red kite."] * 5
-    eos = tokenizer.eos_token_id
-    stream = [eos] + [t for text in texts for t in tokenizer(text)["input_ids"] + [eos]]
-    loader = corpus.packed_loader(texts, tokenizer, block_size=8, batch_size=3, shuffle=False)
-    rows = torch.cat([batch["input_ids"] for batch in loader])  # (N, 8)
-    assert rows.shape == (len(stream) // 8, 8)
-    assert rows.flatten().tolist() == stream[:rows.numel()]  # in order, nothing padded, the partial row dropped
-    batch = next(iter(loader))
-    assert torch.equal(batch["labels"], batch["input_ids"]) and bool(batch["attention_mask"].all())
-    shuffled = torch.cat([b["input_ids"] for b in corpus.packed_loader(texts, tokenizer, block_size=8, seed=1)])
-    assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, rows.tolist()))  # the same rows, reordered
-
-
-def test_packed_loader_rejects_too_little_text_and_bad_block_sizes(tokenizer):
-    with pytest.raises(ValueError, match="fewer than one row"):
-        corpus.packed_loader(["Mara ran."], tokenizer, block_size=256)
-    with pytest.raises(ValueError, match="block_size"):
-        corpus.packed_loader(["Mara ran."], tokenizer, block_size=1)
-    with pytest.raises(ValueError, match="eos"):
-        corpus.packed_loader(["a"], type("NoEos", (), {"eos_token_id": None})())
-
-
-def test_perplexity_weighs_every_token_equally_despite_padding(tokenizer):
-    torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=len(tokenizer), n_positions=64)
-    model = GPT2LMHeadModel(config).eval()
-    texts = ["Mara ran to the park.", "Tolo: Hello!\nMara: Hello, Tolo! I have a red kite.", "Lori smiled."]
-    nll, count = 0.0, 0
-    for text in texts:  # one unpadded document at a time: the model's mean loss times its targets
-        ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]])
-        with torch.no_grad():
-            nll += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
-        count += ids.shape[1] - 1
-    padded = corpus.perplexity(model, corpus.lm_loader(texts, tokenizer, batch_size=3))
-    assert padded == pytest.approx(math.exp(nll / count), rel=1e-5)
-
-
-def test_unigram_perplexity_matches_hand_computation():
-    # counts 2, 1, 0 plus one each: p = 3/6, 2/6, 1/6
-    assert corpus.unigram_perplexity([0, 0, 1], [0, 1], 3) == pytest.approx(math.sqrt(1 / (3 / 6 * 2 / 6)))
-    assert corpus.unigram_perplexity([], [0, 1, 2], 5) == pytest.approx(5.0)  # no counts: uniform
-
-
 # ---------------------------------------------------------------- instructions
 def test_instructions_are_deterministic_and_balanced():
     data = instructions.make_instructions(0)
@@ -243,17 +171,17 @@ def test_instruction_answers_are_right_and_wrong_answers_differ():
         instruction = e["prompt"].removeprefix("Question: ").removesuffix("\nAnswer:")
         phrase = instruction.split(": ")[-1].split()
         expected = {
-            "copy": lambda: " ".join(phrase),
-            "reverse": lambda: " ".join(phrase[::-1]),
-            "last_word": lambda: phrase[-1],
-            "count": lambda: corpus.NUMBERS[len(phrase) - 1],
-            "plural": lambda: corpus.plural(instruction.split()[-1].rstrip("?")),
-            "past": lambda: corpus.past(instruction.split()[-1].rstrip("?")),
-            "who_has": lambda: re.search(rf"(\w+) has an? \w+ {instruction.split()[-1].rstrip('?')}\.",
-                                         instruction).group(1),
-            "what_color": lambda: re.search(rf"has an? (\w+) {instruction.split()[-1].rstrip('?')}\.",
-                                            instruction).group(1),
-        }[e["kind"]]()
+            "copy": lambda phrase, instruction: " ".join(phrase),
+            "reverse": lambda phrase, instruction: " ".join(phrase[::-1]),
+            "last_word": lambda phrase, instruction: phrase[-1],
+            "count": lambda phrase, instruction: corpus.NUMBERS[len(phrase) - 1],
+            "plural": lambda phrase, instruction: corpus.plural(instruction.split()[-1].rstrip("?")),
+            "past": lambda phrase, instruction: corpus.past(instruction.split()[-1].rstrip("?")),
+            "who_has": lambda phrase, instruction: re.search(
+                rf"(\w+) has an? \w+ {instruction.split()[-1].rstrip('?')}\.", instruction).group(1),
+            "what_color": lambda phrase, instruction: re.search(
+                rf"has an? (\w+) {instruction.split()[-1].rstrip('?')}\.", instruction).group(1),
+        }[e["kind"]](phrase, instruction)
         assert e["answer"] == expected, e
         assert e["wrong"] != e["answer"], e
         assert e["prompt"].startswith("Question: ") and e["prompt"].endswith("\nAnswer:")
@@ -319,7 +247,7 @@ def test_topic_is_deterministic_and_balanced():
 def test_topic_test_words_never_occur_in_training():
     data = topic.make_topic(0)
     seen = {split: set().union(*(words(text) for text, _ in data[split])) for split in SPLITS}
-    for label, name in enumerate(topic.LABELS):
+    for name in topic.LABELS:
         held_out = set(topic.WORDS[name]["test"])
         assert not held_out & (seen["train"] | seen["validation"])
         assert not set(topic.WORDS[name]["validation"]) & seen["train"]

@@ -1,4 +1,3 @@
-import pytest
 import torch
 from torch import nn
 
@@ -41,15 +40,3 @@ def test_evaluate_on_dict_batches_uses_the_model_loss(minilm):
     batch["labels"] = torch.tensor([1, 0])
     result = evaluate(model, [batch])
     assert result["n"] == 2 and 0.0 <= result["accuracy"] <= 1.0
-
-
-def test_fit_rejects_bad_input_clearly():
-    model = nn.Linear(2, 2)
-    with pytest.raises(ValueError, match="num_steps must be a positive"):
-        fit(model, toy_problem(), num_steps=0, progress=False)
-    with pytest.raises(ValueError, match="no trainable parameters"):
-        fit(nn.Linear(2, 2).requires_grad_(False), toy_problem(), num_steps=1, progress=False)
-    with pytest.raises(ValueError, match="yielded no batches"):
-        fit(model, [], num_steps=1, progress=False)
-    with pytest.raises(TypeError, match="a batch must be a dict"):
-        fit(model, [torch.zeros(2, 2)], num_steps=1, progress=False)

@@ -2,7 +2,15 @@ import pandas as pd
 import pytest
 
 from ftlab import transfer
-from ftlab.transfer import compare_pretrained, finetune_digits, steps_to_fraction, summarize
+from ftlab.compare import summarize as summarize_runs
+from ftlab.transfer import (
+    FREEZE_RECIPES,
+    compare_freezing,
+    compare_pretrained,
+    finetune_digits,
+    steps_to_fraction,
+    summarize,
+)
 
 
 def test_steps_to_fraction_finds_the_first_step_at_90_percent_of_the_final_accuracy():
@@ -55,10 +63,33 @@ def test_compare_pretrained_searches_the_same_rates_for_both_and_runs_every_sett
     assert result["lr"] == {"glyphs": 1e-3, "scratch": 3e-3}  # each model keeps its best validation rate
     runs = result["runs"]
     assert sorted(zip(runs.model, runs.labels_per_class, runs.seed, runs.lr)) == sorted(
-        [("glyphs", k, s, 1e-3) for k in (1, 2) for s in (0, 1)] + [("scratch", k, s, 3e-3) for k in (1, 2) for s in (0, 1)])
+        [("glyphs", k, s, 1e-3) for k in (1, 2) for s in (0, 1)]
+        + [("scratch", k, s, 3e-3) for k in (1, 2) for s in (0, 1)])
     assert list(result["summary"].index) == [1, 2] and (result["summary"].gain == 0).all()
+    spread = result["spread"]
+    assert list(zip(spread.model, spread.labels_per_class, spread.n)) == [("glyphs", 1, 2), ("glyphs", 2, 2),
+                                                                          ("scratch", 1, 2), ("scratch", 2, 2)]
 
 
 def test_compare_pretrained_needs_values_to_compare():
     with pytest.raises(ValueError, match="at least one value"):
         compare_pretrained(labels_per_class=(), progress=False)
+
+
+def test_compare_freezing_gives_one_row_per_recipe_and_seed_with_what_each_recipe_trains():
+    df = compare_freezing(["head only", "gradual unfreezing", "head + train_bn"], seeds=[0, 1], labels_per_class=1,
+                          num_steps=2, batch_size=8)
+    assert list(zip(df.method, df.seed)) == [("head only", 0), ("head only", 1), ("gradual unfreezing", 0),
+                                             ("gradual unfreezing", 1), ("head + train_bn", 0), ("head + train_bn", 1)]
+    rows = df.drop_duplicates("method").set_index("method")
+    assert rows.loc["head only", "trainable at start"] == rows.loc["head only", "trainable"] == 5_130
+    assert rows.loc["head + train_bn", "trainable"] == 5_130 + 9_600  # gamma and beta of 4,800 BatchNorm channels
+    assert rows.loc["gradual unfreezing", "trainable"] > rows.loc["gradual unfreezing", "trainable at start"] == 5_130
+    assert df[["test accuracy", "shifted accuracy", "validation"]].stack().between(0, 1).all()
+    assert list(summarize_runs(df, "test accuracy", by=["method"])["n"]) == [2, 2, 2]
+
+
+def test_compare_freezing_rejects_an_unknown_recipe_naming_the_known_ones():
+    with pytest.raises(ValueError, match="unknown recipes \\['head'\\]; choose from: head only, last block"):
+        compare_freezing(["head"], seeds=[0])
+    assert len(FREEZE_RECIPES) == 8

@@ -4,8 +4,7 @@ import math
 import pytest
 import torch
 
-from ftlab.validate import (check_choice, check_int, check_number, check_positive_int, check_probability,
-                            eval_mode)
+from ftlab.validate import check_choice, check_int, check_number, check_positive_int, check_probability, eval_mode
 
 
 @pytest.mark.parametrize("value", [True, 2.5, "3", None])
@@ -57,8 +56,7 @@ def test_check_choice_lists_the_choices():
 
 def test_eval_mode_restores_each_models_mode_even_on_error():
     a, b = torch.nn.Dropout(0.5).train(), torch.nn.Dropout(0.5).eval()
-    with pytest.raises(RuntimeError):
-        with eval_mode(a, b):
-            assert not a.training and not b.training
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), eval_mode(a, b):
+        assert not a.training and not b.training
+        raise RuntimeError("boom")
     assert a.training and not b.training

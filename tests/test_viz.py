@@ -10,8 +10,13 @@ import torch
 from matplotlib.figure import Figure
 from torch.utils.data import TensorDataset
 
-from ftlab.viz import (plot_accuracy_vs_labels, plot_curves, plot_images, plot_quant_error,
-                       plot_weight_histogram_with_codes)
+from ftlab.viz import (
+    plot_accuracy_vs_labels,
+    plot_curves,
+    plot_images,
+    plot_quant_error,
+    plot_weight_histogram_with_codes,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -108,17 +113,6 @@ def test_plot_singular_values_draws_each_spectrum_relative_to_its_largest_value(
         plot_singular_values({"v": torch.ones(3)})
 
 
-def test_plot_params_vs_accuracy_puts_labelled_points_on_a_log_axis_in_percent():
-    from ftlab.viz import plot_params_vs_accuracy
-
-    df = pd.DataFrame({"method": ["lora", "ia3"], "trainable": [74498, 16898], "test accuracy": [0.9, 0.5]})
-    (ax,) = plot_params_vs_accuracy(df).axes
-    assert ax.get_xscale() == "log"
-    points = [tuple(c.get_offsets()[0]) for c in ax.collections]
-    assert points == [(74498, 90.0), (16898, 50.0)]
-    assert [t.get_text() for t in ax.texts] == ["lora", "ia3"]
-
-
 def test_plot_abs_matrix_shows_absolute_values_and_rejects_vectors():
     from ftlab.viz import plot_abs_matrix
 
@@ -126,20 +120,6 @@ def test_plot_abs_matrix_shows_absolute_values_and_rejects_vectors():
     assert fig.axes[0].images[0].get_array().tolist() == [[1, 2], [3, 4]]
     with pytest.raises(ValueError, match="2-D matrix"):
         plot_abs_matrix(torch.ones(3))
-
-
-def test_rank_sweep_plot_shows_parameters_per_rank_and_accuracy_per_parameter_count():
-    from ftlab.viz import plot_rank_sweep
-
-    df = pd.DataFrame({"r": [1, 4, 16], "alpha": [2, 8, 32], "trainable": [100, 400, 1600],
-                       "test accuracy": [0.5, 0.75, 0.9]})
-    ax_params, ax_acc = plot_rank_sweep(df, highlight=2).axes
-    (line,) = ax_params.get_lines()
-    assert list(line.get_xdata()) == [1, 4, 16] and list(line.get_ydata()) == [100, 400, 1600]
-    points = [tuple(c.get_offsets()[0]) for c in ax_acc.collections]
-    assert points == [(100, 50), (400, 75), (1600, 90)]
-    assert [t.get_text() for t in ax_acc.texts] == ["r=1, alpha=2", "r=4, alpha=8", "r=16, alpha=32"]
-    assert ax_acc.texts[2].get_color() == "C3" and ax_acc.texts[0].get_color() == "C0"
 
 
 def test_accuracy_matrices_grouped_bars_and_storage_curve_hold_their_data():
@@ -161,3 +141,32 @@ def test_accuracy_matrices_grouped_bars_and_storage_curve_hold_their_data():
     curve = pd.DataFrame({"num_tasks": [1, 2], "full_copies": [2e6, 4e6], "base_plus_adapters": [2e6, 2.5e6]})
     lines = plot_storage_curve(curve).axes[0].get_lines()
     assert list(lines[0].get_ydata()) == [2.0, 4.0] and list(lines[1].get_ydata()) == [2.0, 2.5]
+
+
+def test_plot_round_trip_draws_the_error_histogram_and_the_bits_error_point_of_the_setting_and_the_reference():
+    import numpy as np
+
+    from ftlab.methods.nf4 import round_trip
+    from ftlab.viz import plot_round_trip
+
+    weight = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
+    setting, reference = round_trip(weight, "int4", 256, False), round_trip(weight)
+    fig = plot_round_trip(setting, weight.std().item(), reference=reference)
+    ax_hist, ax_plane = fig.axes
+    labels = ["int4, block 256, double quant off", "nf4, block 64, double quant on"]
+    assert ax_hist.get_title() == f"{labels[0]}: {setting['bits_per_parameter']:.3f} bits per weight"
+    curves = {patch.get_label(): patch for patch in ax_hist.patches}
+    assert set(curves) == set(labels)
+    for label, result in zip(labels, [setting, reference]):
+        counts = curves[label].get_data().values
+        assert counts.sum() == weight.numel()  # every weight counted (beyond the range: in the outermost bins)
+        want, _ = np.histogram(np.clip(result["error"].numpy().ravel() / weight.std().item(), -2.5, 2.5),
+                               bins=np.linspace(-2.5, 2.5, 121))
+        assert np.array_equal(counts, want)
+    points = [tuple(c.get_offsets()[0]) for c in ax_plane.collections]
+    assert points == [(setting["bits_per_parameter"], setting["relative_error"]),
+                      (reference["bits_per_parameter"], reference["relative_error"])]
+    assert ax_plane.get_xlim() == (3.9, 6.6) and ax_plane.get_ylim() == (0, 0.2)  # fixed for the usual settings
+    assert len(plot_round_trip(setting, 1.0).axes[0].patches) == 1  # no reference: one histogram
+    same = plot_round_trip(reference, 1.0, reference=round_trip(weight))
+    assert len(same.axes[0].patches) == 1 and len(same.axes[1].collections) == 1  # the same setting: drawn once

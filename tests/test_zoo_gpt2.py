@@ -9,8 +9,9 @@ import torch
 from safetensors import safe_open
 
 from ftlab import zoo
+from ftlab.lm import lm_loader, perplexity
 from ftlab.measure import count_parameters
-from ftlab.tasks.corpus import lm_loader, make_corpus, perplexity
+from ftlab.tasks.corpus import make_corpus
 
 TINY = zoo.DATA_DIR / "gpt2_tiny"
 METRICS = json.loads((TINY / "metrics.json").read_text())
@@ -47,7 +48,7 @@ def test_tiny_gpt2_has_4_to_10m_parameters_and_beats_the_unigram_baseline(tiny):
 def test_tiny_gpt2_is_stored_as_float16_safetensors_under_25_mb():
     assert sum(f.stat().st_size for f in TINY.iterdir()) < 25e6
     with safe_open(TINY / "model.safetensors", "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118 (safe_open has no __iter__)
 
 
 def test_shipped_tokenizer_round_trips_text_and_pads_with_its_own_token(tiny, check_docs):

@@ -47,7 +47,8 @@ def test_default_is_the_pretrained_backbone_with_a_new_seeded_head():
 
 def test_scratch_is_the_same_architecture_with_different_weights():
     scratch, pretrained = load_resnet("scratch"), load_resnet()
-    assert [(n, p.shape) for n, p in scratch.named_parameters()] == [(n, p.shape) for n, p in pretrained.named_parameters()]
+    shapes = [(n, p.shape) for n, p in scratch.named_parameters()]
+    assert shapes == [(n, p.shape) for n, p in pretrained.named_parameters()]
     assert not torch.allclose(scratch.conv1.weight, pretrained.conv1.weight)
     assert torch.equal(load_resnet("scratch", seed=1).conv1.weight, load_resnet("scratch", seed=1).conv1.weight)
 
@@ -111,9 +112,11 @@ def test_imagenet_is_read_from_the_torch_hub_cache_first(tmp_path, monkeypatch):
         load_resnet("imagenet")
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.0, "10"])
-def test_bad_num_classes_raises_a_clear_error(bad):
-    with pytest.raises(ValueError, match="num_classes must be a positive whole number"):
+@pytest.mark.parametrize("bad, error, message", [(0, ValueError, "at least 2, got 0"), (1, ValueError, "at least 2"),
+                                                  (-3, ValueError, "at least 2"), (2.0, TypeError, "whole number"),
+                                                  ("10", TypeError, "whole number"), (True, TypeError, "whole number")])
+def test_bad_num_classes_raises_a_clear_error(bad, error, message):
+    with pytest.raises(error, match=f"num_classes must be .*{message}"):
         load_resnet(num_classes=bad)
 
 

@@ -9,7 +9,7 @@
 2. ``ftlab.measure.memory_report`` of one training step of MiniLM: full fine-tuning vs LoRA vs
    QLoRA (both r=8 on every linear layer, classifier trained in full), in MB.
 3. LoRA vs QLoRA fine-tuned on the sentiment task, same rank, seed and steps
-   (``ftlab.methods.qlora.compare_on_sentiment``): test accuracy.
+   (``ftlab.compare.compare``): test accuracy.
 """
 import argparse
 import copy
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import ftlab
+from ftlab.compare import compare
 from ftlab.methods import qlora
 from ftlab.tasks import text_loader
 from ftlab.tasks.sentiment import make_sentiment
@@ -97,9 +98,10 @@ def main() -> None:
           f"(ratio {report['ratio']:.4f}, {report['bits_per_parameter']:.4f} bits per weight)")
 
     print(f"\n3. Sentiment fine-tuning, MiniLM, r=8 on every linear layer, {args.num_steps} steps")
-    for row in qlora.compare_on_sentiment(num_steps=args.num_steps):
-        print(f"{row['method']:>6s}: test accuracy {row['test_accuracy']:.4f}, validation "
-              f"{row['validation_accuracy']:.4f}, final loss {row['final_loss']:.4f}, trainable "
+    settings = {"r": 8, "lora_alpha": 16, "targets": "all-linear", "lr": 3e-4}
+    results = compare({"lora": settings, "qlora": settings}, "sentiment", num_steps=args.num_steps, measure=False)
+    for row in results.to_dict("records"):
+        print(f"{row['method']:>6s}: test accuracy {row['test accuracy']:.4f}, trainable "
               f"{row['trainable']:,d} of {row['total']:,d}, {row['seconds']:.0f} s")
 
 

@@ -21,8 +21,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from ftlab.config import seed_everything
+from ftlab.lm import lm_loader, packed_loader, perplexity, unigram_perplexity
 from ftlab.measure import count_parameters
-from ftlab.tasks.corpus import lm_loader, make_corpus, packed_loader, perplexity, unigram_perplexity
+from ftlab.tasks.corpus import make_corpus
 from ftlab.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,8 +133,8 @@ layer tied). Weights stored as float16 safetensors.
 - **Tokenizer**: byte-level BPE (`tokenizers`), {s['vocab_size']} tokens, trained on the training
   split; `<|endoftext|>` is bos and eos, `<|pad|>` pads. A document is `<|endoftext|> text <|endoftext|>`.
 - **Training**: `ftlab.train.fit`, AdamW (lr {s['lr']}, weight decay 0.01), {s['warmup_steps']} warm-up
-  steps then cosine decay, gradient norm clipped at 1, {s['num_steps']} steps of {s['batch_size']} rows of {s['n_positions']} tokens
-  (documents packed end to end with `packed_loader`, no padding),
+  steps then cosine decay, gradient norm clipped at 1, {s['num_steps']} steps of {s['batch_size']} rows of
+  {s['n_positions']} tokens (documents packed end to end with `packed_loader`, no padding),
   seed {s['seed']}.
 - **Time**: {m['train_seconds']:.0f} s wall clock and {m['train_cpu_seconds']:.0f} s of CPU time ({m['torch_threads']}
   threads) for corpus, tokenizer and training; the wall clock grows when other jobs share the cores.

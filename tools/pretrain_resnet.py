@@ -102,15 +102,15 @@ Splits: {', '.join(f'{k} {n}' for k, n in record['data']['sizes'].items())} imag
 `ftlab.train.fit`, {t['num_steps']} steps of batch {t['batch_size']}, {t['optimizer']},
 peak learning rate {t['lr']} after {t['warmup_steps']} warm-up steps, seed {t['seed']}.
 {t['seconds']:.0f} s with {t['threads']} CPU thread(s) on a 2-core machine shared with other jobs (torch
-{record['versions']['torch']}, torchvision {record['versions']['torchvision']}). Final training loss {t['final_train_loss']:.3f}.
-Validation accuracy during training (step: accuracy): {curve}.
+{record['versions']['torch']}, torchvision {record['versions']['torchvision']}).
+Final training loss {t['final_train_loss']:.3f}. Validation accuracy during training (step: accuracy): {curve}.
 
 ## Metrics of the stored (float16) weights
 - validation: accuracy {v['accuracy']:.4f} ({v['correct']}/{v['n']}), loss {v['loss']:.4f}
 - test: accuracy {s['accuracy']:.4f} ({s['correct']}/{s['n']})
 
-{v['errors_same_letter_other_case']} of the {v['n'] - v['correct']} validation errors are the right letter in the other case
-(C/c, X/x, Z/z, O/o, V/v, S/s look alike at a random size). The numbers are also in
+{v['errors_same_letter_other_case']} of the {v['n'] - v['correct']} validation errors are the right letter in the
+other case (C/c, X/x, Z/z, O/o, V/v, S/s look alike at a random size). The numbers are also in
 `{Path(record['checkpoint']).with_suffix('.json').name}`; `tests/test_zoo_resnet.py` checks the validation count.
 
 ## Command

@@ -6,7 +6,7 @@ Putting that into the Bradley-Terry loss gives a loss on the policy alone (eq. 7
 
     L_DPO = - E [ log sigmoid( beta log pi(y_c | x) / pi_ref(y_c | x) - beta log pi(y_r | x) / pi_ref(y_r | x) ) ]
 
-where log pi(y | x) is summed over the response tokens only (``ftlab.align.sft.response_logprobs``)
+where log pi(y | x) is summed over the response tokens only (``ftlab.align.common.response_logprobs``)
 and pi_ref is the frozen SFT model: the policy with its adapters disabled, or a frozen copy.
 The implicit rewards beta log pi(y | x) / pi_ref(y | x) of chosen and rejected responses are
 logged; preference accuracy is the fraction of pairs whose chosen reward is the higher.
@@ -20,17 +20,25 @@ al. 2024 (Iterative Reasoning Preference Optimization, eq. 2), trl's ``rpo_alpha
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab.align.sft import (IGNORE, as_reference, check_adapters, check_reference, frozen_copy, max_positions,
-                             preference_loader, response_logprobs)
+from ftlab.align.common import (
+    as_reference,
+    check_adapters,
+    check_reference,
+    frozen_copy,
+    has_adapters,
+    max_positions,
+    preference_loader,
+    response_logprobs,
+)
 from ftlab.config import pick, seed_everything
-from ftlab.methods._inject import tuned_layers
-from ftlab.train import fit, to_device
+from ftlab.train import IGNORE_INDEX, fit, to_device
+from ftlab.validate import eval_mode
 
 
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -65,7 +73,7 @@ def dpo_batch(policy: nn.Module, batch: dict, reference: nn.Module | None = None
 def chosen_nll(policy: nn.Module, batch: dict) -> torch.Tensor:
     """The SFT loss on the chosen responses of a ``preference_loader`` batch: mean -log pi per response token."""
     chosen = batch["chosen"]
-    tokens = (chosen["labels"][:, 1:] != IGNORE).sum()  # the model predicts token t+1 from position t
+    tokens = (chosen["labels"][:, 1:] != IGNORE_INDEX).sum()  # the model predicts token t+1 from position t
     return -response_logprobs(policy, chosen).sum() / tokens
 
 
@@ -77,17 +85,15 @@ def preference_accuracy(policy: nn.Module, data: Iterable, reference: nn.Module 
     Returns ``{"accuracy", "chosen_reward", "rejected_reward", "margin"}``. A tie (as before
     training, when policy = reference and both rewards are 0) counts one half.
     """
-    was_training = policy.training
-    policy.eval()
     device = next(policy.parameters()).device
     correct, chosen_sum, rejected_sum, seen = 0.0, 0.0, 0.0, 0
-    for batch in data:
-        _, chosen, rejected = dpo_batch(policy, to_device(batch, device), reference, beta)  # (B,), (B,)
-        correct += (chosen > rejected).sum().item() + 0.5 * (chosen == rejected).sum().item()
-        chosen_sum += chosen.sum().item()
-        rejected_sum += rejected.sum().item()
-        seen += chosen.shape[0]
-    policy.train(was_training)
+    with eval_mode(policy):
+        for batch in data:
+            _, chosen, rejected = dpo_batch(policy, to_device(batch, device), reference, beta)  # (B,), (B,)
+            correct += (chosen > rejected).sum().item() + 0.5 * (chosen == rejected).sum().item()
+            chosen_sum += chosen.sum().item()
+            rejected_sum += rejected.sum().item()
+            seen += chosen.shape[0]
     if seen == 0:
         raise ValueError("preference_accuracy got no pairs")
     return {"accuracy": correct / seen, "chosen_reward": chosen_sum / seen, "rejected_reward": rejected_sum / seen,
@@ -138,8 +144,8 @@ def dpo_experiment(sft_model: nn.Module, tokenizer, reward_model: nn.Module | No
     (``ftlab.align.reward.win_rate``). Returns ``{"model", "history", "before", "after", "win",
     "seconds"}``.
     """
+    from ftlab.align.generate import generate
     from ftlab.align.reward import win_rate
-    from ftlab.align.sft import generate
     from ftlab.methods import apply
     from ftlab.tasks.preferences import make_preferences
 
@@ -147,7 +153,7 @@ def dpo_experiment(sft_model: nn.Module, tokenizer, reward_model: nn.Module | No
     policy = frozen_copy(sft_model)
     policy = apply(policy, method, **method_options)  # prompt and prefix tuning return a wrapper
     # weight-space adapters (LoRA, ...) can be switched off to give the SFT model; other methods need a copy
-    reference = None if tuned_layers(policy) else frozen_copy(sft_model)
+    reference = None if has_adapters(policy) else frozen_copy(sft_model)
     data = make_preferences(seed)
     test_pairs = data["test"][:num_test or pick(len(data["test"]), 48)]
     test = preference_loader(test_pairs, tokenizer, max_length=max_positions(policy), batch_size=64)

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ftlab.align.sft import (cache_folder, collate, encode, load_cached, max_positions, preference_loader, save_cached,
-                             sft_model)
+from ftlab.align.cache import CACHE_VERSION, load_or_train, settings_key
+from ftlab.align.common import collate, encode, max_positions, preference_loader
+from ftlab.align.sft import sft_model
 from ftlab.config import pick, seed_everything
 from ftlab.train import fit, to_device
+from ftlab.validate import eval_mode
 
 
 class RewardModel(nn.Module):
@@ -45,7 +47,7 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.score.bias)
 
     @classmethod
-    def from_causal_lm(cls, model: nn.Module) -> "RewardModel":
+    def from_causal_lm(cls, model: nn.Module) -> RewardModel:
         """A reward model on a copy of a causal LM's transformer (``model.base_model``; the LM head is dropped)."""
         return cls(copy.deepcopy(model.base_model))
 
@@ -82,16 +84,14 @@ def pairwise_accuracy(model: RewardModel, data: Iterable) -> float:
 
     A tie (equal rewards, as for the untrained model whose head is zero) counts one half.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     correct, seen = 0, 0
-    for batch in data:
-        batch = to_device(batch, device)
-        chosen, rejected = _rewards(model, batch["chosen"]), _rewards(model, batch["rejected"])  # (B,), (B,)
-        correct += (chosen > rejected).sum().item() + 0.5 * (chosen == rejected).sum().item()
-        seen += batch["chosen"]["input_ids"].shape[0]
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in data:
+            batch = to_device(batch, device)
+            chosen, rejected = _rewards(model, batch["chosen"]), _rewards(model, batch["rejected"])  # (B,), (B,)
+            correct += (chosen > rejected).sum().item() + 0.5 * (chosen == rejected).sum().item()
+            seen += batch["chosen"]["input_ids"].shape[0]
     if seen == 0:
         raise ValueError("pairwise_accuracy got no pairs")
     return correct / seen
@@ -103,16 +103,14 @@ def score(model: RewardModel, tokenizer, prompts: Sequence[str], responses: Sequ
     """Rewards r(x, y) of ``responses`` to ``prompts`` (same length), formatted as in training. (N,) on the CPU."""
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts and {len(responses)} responses; give one response per prompt")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     limit = max_positions(model.backbone)
     encoded = [encode(tokenizer, p, r, max_length=limit) for p, r in zip(prompts, responses)]
     rewards = []
-    for start in range(0, len(encoded), batch_size):
-        batch = to_device(collate(encoded[start:start + batch_size], tokenizer.pad_token_id), device)
-        rewards.append(model(batch["input_ids"], batch["attention_mask"]).cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(encoded), batch_size):
+            batch = to_device(collate(encoded[start:start + batch_size], tokenizer.pad_token_id), device)
+            rewards.append(model(batch["input_ids"], batch["attention_mask"]).cpu())
     return torch.cat(rewards) if rewards else torch.zeros(0)
 
 
@@ -141,8 +139,8 @@ def train_reward_model(model: RewardModel, tokenizer, pairs: Sequence[dict], *, 
 
 
 def reward_experiment(base_model: nn.Module | None = None, tokenizer=None, *, num_steps: int | None = None,
-                      lr: float = 3e-4, batch_size: int = 16, num_test: int | None = None, seed: int = 0,
-                      progress: bool = True) -> dict:
+                      lr: float = 3e-4, warmup_steps: int | None = None, batch_size: int = 16,
+                      num_test: int | None = None, seed: int = 0, progress: bool = True) -> dict:
     """Train a reward model on ``ftlab.tasks.preferences`` and measure pairwise accuracy on the test pairs.
 
     The backbone is a copy of ``base_model`` (default: the shipped tiny GPT-2; the SFT model works
@@ -163,7 +161,8 @@ def reward_experiment(base_model: nn.Module | None = None, tokenizer=None, *, nu
     before = pairwise_accuracy(model, test)
     start = time.time()
     history = train_reward_model(model, tokenizer, data["train"], num_steps=num_steps or pick(300, 20), lr=lr,
-                                 batch_size=batch_size, seed=seed, warmup_steps=pick(30, 2), progress=progress)
+                                 batch_size=batch_size, seed=seed,
+                                 warmup_steps=pick(30, 2) if warmup_steps is None else warmup_steps, progress=progress)
     seconds = time.time() - start
     by_kind = {kind: pairwise_accuracy(model, preference_loader([p for p in test_pairs if p["kind"] == kind],
                                                                 tokenizer, max_length=limit, batch_size=64))
@@ -173,29 +172,39 @@ def reward_experiment(base_model: nn.Module | None = None, tokenizer=None, *, nu
 
 
 # The reward model of notebooks 11 and 12, on the SFT model's backbone (as Ouyang et al. 2022 do): fixed settings,
-# sized so that training takes about 2 minutes on a 2-core laptop CPU (FAST mode: seconds).
-REWARD_SETTINGS = {"num_steps": pick(300, 20), "lr": 3e-4, "batch_size": 16, "seed": 0}
+# sized so that training takes about 2.5 minutes on one CPU thread (FAST mode: seconds). REWARD_CLASSROOM is what
+# data/reward_tiny holds.
+REWARD_CLASSROOM = {"num_steps": 300, "warmup_steps": 30, "lr": 3e-4, "batch_size": 16, "seed": 0}
+REWARD_SETTINGS = pick(REWARD_CLASSROOM, {**REWARD_CLASSROOM, "num_steps": 20, "warmup_steps": 2})
 
 
-def reward_model(*, cache_dir=None, refresh: bool = False, progress: bool = True) -> dict:
-    """The reward model of notebooks 11 and 12: ``reward_experiment`` on ``sft_model()``, or its saved result.
+def reward_cache_settings(sft_settings: dict, settings: dict | None = None) -> dict:
+    """Everything the reward model's weights depend on: ``settings`` (default ``REWARD_SETTINGS``), the key of
+    the SFT model's settings ``sft_settings`` (``sft_model()["settings"]``) and ``CACHE_VERSION``."""
+    return {**(settings or REWARD_SETTINGS), "sft": settings_key(sft_settings), "version": CACHE_VERSION}
 
-    Like ``ftlab.align.sft.sft_model``: the first call trains (and trains the SFT model first if that
-    is not cached either), saving safetensors under ``cache_folder("reward", ...)``, keyed by
-    ``REWARD_SETTINGS`` and the SFT model's cache key; later calls load them. Returns
-    ``{"model", "sft", "before", "after", "by_kind", "seconds", "loss", "cached", "folder"}``,
-    ``"sft"`` being the ``sft_model`` result it was trained from.
+
+def reward_model(*, source: str = "auto", cache_dir=None, progress: bool = True) -> dict:
+    """The reward model of notebooks 11 and 12: ``reward_experiment`` on ``sft_model()``, shipped, cached or trained.
+
+    ``source`` as in ``ftlab.align.sft.sft_model``: ``"auto"`` (default) loads the shipped
+    ``data/reward_tiny`` when it matches the current settings, else the cache, else trains and
+    saves; ``"train"`` trains now (notebook 11, whose lesson it is) on the SFT model that
+    ``sft_model()`` gives (shipped, cached or trained); ``"shipped"`` takes both shipped models or
+    raises. Returns ``{"model", "sft", "before", "after", "by_kind", "seconds", "loss",
+    "settings", "source", "cached", "folder"}``, ``"sft"`` being the ``sft_model`` result it was
+    trained from.
     """
-    sft = sft_model(cache_dir=cache_dir, progress=progress)
-    settings = {**REWARD_SETTINGS, "sft": sft["folder"].name}
-    folder = cache_folder("reward", settings, cache_dir)
-    if not refresh:
-        model = RewardModel.from_causal_lm(sft["model"])
-        info = load_cached(model, folder)
-        if info is not None:
-            return {"model": model.eval(), "sft": sft, **info, "cached": True, "folder": folder}
-    result = reward_experiment(sft["model"], sft["tokenizer"], **REWARD_SETTINGS, progress=progress)
-    info = {"settings": settings, "before": result["before"], "after": result["after"], "by_kind": result["by_kind"],
-            "seconds": result["seconds"], "loss": result["history"]["loss"]}
-    save_cached(result["model"], folder, info)
-    return {"model": result["model"], "sft": sft, **info, "cached": False, "folder": folder}
+    sft = sft_model(source="auto" if source == "train" else source, cache_dir=cache_dir, progress=progress)
+    settings = reward_cache_settings(sft["settings"])
+    model = RewardModel.from_causal_lm(sft["model"])
+
+    def train():
+        result = reward_experiment(sft["model"], sft["tokenizer"], **REWARD_SETTINGS, progress=progress)
+        results = {"before": result["before"], "after": result["after"], "by_kind": result["by_kind"],
+                   "seconds": result["seconds"], "loss": result["history"]["loss"]}
+        return result["model"], results
+
+    entry = load_or_train("reward", settings, model, train, source=source, cache_dir=cache_dir)
+    return {"model": entry["model"].eval(), "sft": sft, **entry["results"], "settings": settings,
+            "source": entry["source"], "cached": entry["source"] != "trained", "folder": entry["folder"]}

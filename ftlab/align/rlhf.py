@@ -23,7 +23,7 @@ PPO (Schulman et al. 2017) optimises it, one iteration at a time:
        L_value  = 1/2 mean_t max( (V_t - R_t)^2, (V_old_t + clip(V_t - V_old_t, -eps_v, eps_v) - R_t)^2 )
 
 The value model is a ``RewardModel`` read at every position, initialised from the reward model
-(as Ouyang et al. do). Positions are those of ``ftlab.align.sft.token_logprobs``: index t of a
+(as Ouyang et al. do). Positions are those of ``ftlab.align.common.token_logprobs``: index t of a
 (B, T - 1) tensor is the prediction of token t + 1 from the tokens up to t, and ``mask`` is 1
 on response tokens. ``kl_coef=0`` drops the penalty, so nothing holds the policy near the SFT
 model: its KL grows and it drifts to whatever the reward model over-rates (reward hacking).
@@ -33,18 +33,29 @@ from __future__ import annotations
 import copy
 import random
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from ftlab.align.common import (
+    as_reference,
+    check_adapters,
+    check_reference,
+    collate,
+    encode,
+    frozen_copy,
+    has_adapters,
+    max_positions,
+    token_logprobs,
+)
+from ftlab.align.generate import decode, generate, generate_ids
 from ftlab.align.reward import RewardModel, score
-from ftlab.align.sft import (as_reference, check_adapters, check_reference, collate, decode, encode, frozen_copy,
-                             generate, generate_ids, max_positions, token_logprobs)
 from ftlab.config import device as default_device
 from ftlab.config import pick, seed_everything
-from ftlab.methods._inject import tuned_layers
+from ftlab.progress import progress as progress_bar
 from ftlab.train import to_device
+from ftlab.validate import eval_mode
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -130,15 +141,11 @@ def rollout(policy: nn.Module, value_model: RewardModel, reward_model: RewardMod
     batch = to_device(collate(examples, tokenizer.pad_token_id), device)
     responses = [decode(tokenizer, r) for r in response_ids]
 
-    was_training = (policy.training, value_model.training)
-    policy.eval()
-    value_model.eval()
-    logits = _logits(policy, batch)  # (B, T, V)
-    logp, mask = token_logprobs(logits, batch["labels"])  # (B, T-1) each
-    entropy = _entropy(logits)  # (B, T-1)
-    values = _values(value_model, batch) * mask  # (B, T-1)
-    policy.train(was_training[0])
-    value_model.train(was_training[1])
+    with eval_mode(policy, value_model):
+        logits = _logits(policy, batch)  # (B, T, V)
+        logp, mask = token_logprobs(logits, batch["labels"])  # (B, T-1) each
+        entropy = _entropy(logits)  # (B, T-1)
+        values = _values(value_model, batch) * mask  # (B, T-1)
     with as_reference(policy, reference) as ref:
         ref_logp, _ = token_logprobs(_logits(ref, batch), batch["labels"])  # (B, T-1)
     scores = score(reward_model, tokenizer, prompts, responses).to(device)  # (B,)
@@ -169,30 +176,26 @@ def ppo_update(policy: nn.Module, value_model: RewardModel, optimizer: torch.opt
     std = masked_mean((advantages - mean) ** 2, mask).sqrt()
     advantages = (advantages - mean) / (std + 1e-8) * mask  # (B, T-1)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    was_training = (policy.training, value_model.training)
-    policy.eval()
-    value_model.eval()
     generator = torch.Generator().manual_seed(seed)
     stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_frac": [], "approx_kl": []}
     n = mask.shape[0]
-    for _ in range(ppo_epochs):
-        for rows in torch.randperm(n, generator=generator).split(minibatch_size):
-            rows = rows.to(mask.device)
-            batch = {k: v[rows] for k, v in roll["batch"].items()}
-            logp, _ = token_logprobs(_logits(policy, batch), batch["labels"])  # (b, T-1)
-            values = _values(value_model, batch)
-            losses = ppo_losses(logp, roll["logp"][rows], advantages[rows], values, roll["values"][rows],
-                                roll["returns"][rows], mask[rows], clip_range, clip_range_vf)
-            loss = losses["policy_loss"] + vf_coef * losses["value_loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            for key in stats:
-                stats[key].append(losses[key].item())
-    policy.train(was_training[0])
-    value_model.train(was_training[1])
+    with eval_mode(policy, value_model):
+        for _ in range(ppo_epochs):
+            for rows in torch.randperm(n, generator=generator).split(minibatch_size):
+                rows = rows.to(mask.device)
+                batch = {k: v[rows] for k, v in roll["batch"].items()}
+                logp, _ = token_logprobs(_logits(policy, batch), batch["labels"])  # (b, T-1)
+                values = _values(value_model, batch)
+                losses = ppo_losses(logp, roll["logp"][rows], advantages[rows], values, roll["values"][rows],
+                                    roll["returns"][rows], mask[rows], clip_range, clip_range_vf)
+                loss = losses["policy_loss"] + vf_coef * losses["value_loss"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                for key in stats:
+                    stats[key].append(losses[key].item())
     return {key: sum(v) / len(v) for key, v in stats.items()}
 
 
@@ -214,8 +217,6 @@ def ppo_train(policy: nn.Module, reward_model: RewardModel, tokenizer, prompts: 
     iterations (and at the end), a rollout on ``eval_prompts`` without update gives
     ``"eval_reward"`` and ``"eval_kl"`` at ``"eval_iteration"`` (iteration 0 is before training).
     """
-    from tqdm.auto import tqdm
-
     if num_iterations <= 0:
         raise ValueError(f"num_iterations must be positive, got {num_iterations}")
     if kl_coef < 0:
@@ -255,7 +256,7 @@ def ppo_train(policy: nn.Module, reward_model: RewardModel, tokenizer, prompts: 
 
     if eval_prompts:
         evaluate(0)
-    bar = tqdm(range(1, num_iterations + 1), disable=not progress, desc="ppo", leave=False)
+    bar = progress_bar(range(1, num_iterations + 1), disable=not progress, desc="ppo", unit="iterations")
     for iteration in bar:
         chosen = rng.sample(list(prompts), min(batch_size, len(prompts)))
         roll = rollout(policy, value_model, reward_model, tokenizer, chosen, seed=seed + iteration, **options)
@@ -293,7 +294,7 @@ def ppo_experiment(sft_model: nn.Module, tokenizer, reward_model: RewardModel, *
     policy = frozen_copy(sft_model)
     policy = apply(policy, method)  # prompt and prefix tuning return a wrapper
     # weight-space adapters (LoRA, ...) can be switched off to give the SFT model; other methods need a copy
-    reference = None if tuned_layers(policy) else frozen_copy(sft_model)
+    reference = None if has_adapters(policy) else frozen_copy(sft_model)
     data = make_preferences(seed)
     train_prompts = sorted({p["prompt"] for p in data["train"]})
     eval_prompts = [p["prompt"] for p in data["test"][:num_eval or pick(96, 16)]]

@@ -19,56 +19,78 @@ paper. In GPT-2 it follows a block's ``attn`` and ``mlp`` outputs, before their 
 additions. For a ResNet, one adapter made of 1x1 convolutions follows every residual block
 (``layer1.0`` ... ``layer4.1``), whatever the variant.
 
-The adapted sublayers are wrapped with ``_inject`` (the machinery LoRA uses), so several
+The adapted sublayers are wrapped with ``base.inject`` (the machinery LoRA uses), so several
 adapters, ``set_adapter``, ``disable_adapters`` and ``delete_adapter`` work here too;
 adapters cannot be merged into a weight (there is a non-linearity in them).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ftlab.methods._inject import Tuned, inject, layer_features, model_family
+from ftlab.methods.base import MethodSpec, TunedLayer, check_one_method, inject, layer_features, model_family
+from ftlab.validate import check_choice, check_int
 
 VARIANTS = ("houlsby", "pfeiffer")
 
-# Default targets per (family, variant): regexes over full module names (peft's rule for a string).
-DEFAULT_TARGETS = {
+# Where adapters go per (family, variant): regexes over full module names (peft's rule for a string).
+ADAPTER_PLACES = {
     ("bert", "houlsby"): r"(.*\.)?encoder\.layer\.\d+\.(attention\.output|output)\.dense",
     ("bert", "pfeiffer"): r"(.*\.)?encoder\.layer\.\d+\.output\.dense",
     ("gpt2", "houlsby"): r"(.*\.)?h\.\d+\.(attn|mlp)",
     ("gpt2", "pfeiffer"): r"(.*\.)?h\.\d+\.mlp",
     ("resnet", "houlsby"): r"layer[1-4]\.\d+",
     ("resnet", "pfeiffer"): r"layer[1-4]\.\d+",
+    **{(family, "houlsby"): r"(.*\.)?layers\.\d+\.(self_attn|mlp)" for family in ("llama", "mistral", "qwen2", "phi")},
+    **{(family, "pfeiffer"): r"(.*\.)?layers\.\d+\.mlp" for family in ("llama", "mistral", "qwen2", "phi")},
 }
 
 # AdapterHub's defaults: Houlsby used swish, Pfeiffer relu; a ResNet uses relu.
 DEFAULT_NON_LINEARITY = {"houlsby": "swish", "pfeiffer": "relu"}
+# Names of the linear layer that makes a block's output: GPT-2, Llama/Mistral/Qwen2, Phi (attention, MLP)
+OUTPUT_PROJECTIONS = ("c_proj", "o_proj", "down_proj", "dense", "fc2")
 NON_LINEARITIES = {"relu": nn.ReLU, "swish": nn.SiLU, "silu": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
 def output_width(module: nn.Module) -> tuple[int, bool]:
     """``(d, is_conv)``: the width of ``module``'s output and whether it is a (B, C, H, W) feature map.
 
-    Adapters go after: nn.Linear / Conv1D / nn.Conv2d layers, GPT-2 attention and MLP blocks
-    (which end in ``c_proj``), and torchvision's ResNet blocks (which end in ``bn2`` / ``bn3``).
+    Adapters go after nn.Linear / Conv1D / nn.Conv2d layers, after blocks that end in an output
+    projection (``OUTPUT_PROJECTIONS``: GPT-2's attn and mlp end in ``c_proj``, Llama's self_attn in
+    ``o_proj`` and mlp in ``down_proj``) and after torchvision's ResNet blocks (``bn2`` / ``bn3``).
     """
     if isinstance(module, (nn.Linear, Conv1D, nn.Conv2d)):
         return layer_features(module)[1], isinstance(module, nn.Conv2d)
-    if isinstance(getattr(module, "c_proj", None), (nn.Linear, Conv1D)):
-        return layer_features(module.c_proj)[1], False
     last_norm = "bn3" if hasattr(module, "conv3") else "bn2"  # torchvision Bottleneck / BasicBlock
     if isinstance(getattr(module, last_norm, None), nn.BatchNorm2d) and hasattr(module, "conv2"):
         return getattr(module, last_norm).num_features, True
+    for name in OUTPUT_PROJECTIONS:
+        if isinstance(getattr(module, name, None), (nn.Linear, Conv1D)):
+            return layer_features(getattr(module, name))[1], False
     raise TypeError(
         f"cannot place an adapter after a {type(module).__name__}: its output width is unknown. Adapters go "
-        f"after nn.Linear, Conv1D or nn.Conv2d layers, GPT-2 blocks' attn/mlp (ending in c_proj) and ResNet "
-        f"blocks (conv2 and bn2/bn3); choose such targets"
+        f"after nn.Linear, Conv1D or nn.Conv2d layers, blocks that end in an output projection named one of "
+        f"{OUTPUT_PROJECTIONS} (GPT-2's attn/mlp, Llama's self_attn/mlp) and ResNet blocks (conv2 and bn2/bn3); "
+        f"choose such targets"
     )
 
 
-class Bottleneck(nn.Module):
+@dataclass
+class AdapterOptions:
+    """One bottleneck adapter's options: ``reduction_factor`` (d / b) and ``non_linearity`` (f)."""
+
+    reduction_factor: int = 16
+    non_linearity: str = "relu"
+
+    def __post_init__(self):
+        check_int("reduction_factor", self.reduction_factor, minimum=1)
+        check_choice("non_linearity", self.non_linearity, tuple(NON_LINEARITIES))
+
+
+class BottleneckMLP(nn.Module):
     """h + W_up f(W_down h): linear layers over the last dimension, or 1x1 convolutions over channels."""
 
     def __init__(self, width: int, reduction_factor: int, non_linearity: str, conv: bool):
@@ -85,10 +107,11 @@ class Bottleneck(nn.Module):
         return h + self.up(self.act(self.down(h)))  # (..., d) or (B, d, H, W)
 
 
-class AdapterLayer(Tuned):
+class AdapterLayer(TunedLayer):
     """A frozen sublayer followed by bottleneck adapters, one per adapter name in ``bottleneck``."""
 
     method = "adapter"
+    options_class = AdapterOptions
     mergeable = False
 
     def __init__(self, base_layer: nn.Module):
@@ -96,23 +119,29 @@ class AdapterLayer(Tuned):
         self.bottleneck = nn.ModuleDict()
 
     @classmethod
-    def check(cls, base_layer: nn.Module, name: str, reduction_factor: int = 16, non_linearity: str = "relu") -> None:
-        width, _ = output_width(base_layer)
-        if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, int) \
-                or not 1 <= reduction_factor <= width:
-            raise ValueError(f"reduction_factor must be an int from 1 to {width} for {name!r} (width {width}, "
-                             f"bottleneck width // reduction_factor must be at least 1), got {reduction_factor!r}")
-        if non_linearity not in NON_LINEARITIES:
-            raise ValueError(f"non_linearity must be one of {sorted(NON_LINEARITIES)}, got {non_linearity!r}")
+    def accepts(cls, module: nn.Module, options: AdapterOptions) -> bool:
+        return True  # check() says why a module's output width is unknown
 
-    def add(self, adapter: str, reduction_factor: int = 16, non_linearity: str = "relu") -> None:
+    @classmethod
+    def check(cls, base_layer: nn.Module, name: str, options: AdapterOptions) -> None:
+        width, _ = output_width(base_layer)
+        if options.reduction_factor > width:
+            raise ValueError(f"reduction_factor must be an int from 1 to {width} for {name!r} (width {width}, "
+                             f"bottleneck width // reduction_factor must be at least 1), "
+                             f"got {options.reduction_factor}")
+
+    def build(self, adapter: str, options: AdapterOptions) -> None:
         width, conv = output_width(self.base_layer)
         like = next(self.base_layer.parameters())
-        self.bottleneck[adapter] = Bottleneck(width, reduction_factor, non_linearity, conv).to(like.device, like.dtype)
+        self.bottleneck[adapter] = BottleneckMLP(width, options.reduction_factor, options.non_linearity, conv).to(like)
 
-    def adapter_forward(self, x: torch.Tensor, adapter: str, *args, **kwargs):
-        out = self.base_layer(x, *args, **kwargs)
-        if isinstance(out, tuple):  # GPT-2 attention returns (output, attention weights)
+    def forward(self, *args, **kwargs):
+        """h = sublayer(x); adapter(h) = h + W_up f(W_down h + b_down) + b_up."""
+        out = self.base_layer(*args, **kwargs)  # Llama's attention is called with keywords only
+        adapter = self.adapter_in_use()
+        if adapter is None:
+            return out
+        if isinstance(out, tuple):  # attention blocks return (output, attention weights)
             return (self.bottleneck[adapter](out[0]), *out[1:])
         return self.bottleneck[adapter](out)
 
@@ -125,19 +154,25 @@ def apply(model: nn.Module, *, variant: str = "houlsby", reduction_factor: int =
     ``variant``: ``"houlsby"`` or ``"pfeiffer"`` (where the adapters go, see module docstring);
     ``reduction_factor``: d / b; ``non_linearity``: ``"relu"``, ``"swish"``, ``"gelu"`` or
     ``"tanh"`` (None: swish for Houlsby, relu for Pfeiffer and ResNets); ``targets``: the
-    sublayers to follow, instead of the family default; ``modules_to_save`` (e.g.
+    sublayers to follow, instead of ``ADAPTER_PLACES``; ``modules_to_save`` (e.g.
     ``["classifier"]``): modules trained in full, as copies.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    check_choice("variant", variant, VARIANTS)
+    check_one_method(model, "adapter")
     family = model_family(model)
     if targets is None:
-        if (family, variant) not in DEFAULT_TARGETS:
+        if (family, variant) not in ADAPTER_PLACES:
+            known = sorted({family for family, _ in ADAPTER_PLACES})
             raise ValueError(f"no default adapter places for {type(model).__name__} (family {family!r}); known: "
-                             f"bert, gpt2, resnet. Pass targets= naming the sublayers to follow, e.g. a regex "
+                             f"{', '.join(known)}. Pass targets= naming the sublayers to follow, e.g. a regex "
                              f"such as r'layers\\.\\d+\\.mlp'")
-        targets = DEFAULT_TARGETS[family, variant]
+        targets = ADAPTER_PLACES[family, variant]
     if non_linearity is None:
         non_linearity = "relu" if family == "resnet" else DEFAULT_NON_LINEARITY[variant]
-    options = {"reduction_factor": reduction_factor, "non_linearity": non_linearity}
-    return inject(model, AdapterLayer, targets, adapter_name, options, modules_to_save)
+    options = AdapterOptions(reduction_factor=reduction_factor, non_linearity=non_linearity)
+    return inject(model, [AdapterLayer], options, targets=targets, adapter_name=adapter_name,
+                  modules_to_save=modules_to_save)
+
+
+SPEC = MethodSpec(name="adapter", apply=apply, lr=1e-3, options=AdapterOptions,
+                  layers=("ftlab.methods.adapter:AdapterLayer",))

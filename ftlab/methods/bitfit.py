@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ftlab.methods._inject import find_targets, freeze
+from ftlab.methods.base import MethodSpec, check_one_method, find_targets, freeze
 
 
 def bias_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -30,6 +30,7 @@ def apply(model: nn.Module, *, modules_to_save: list[str] | None = None) -> nn.M
     no adapters, so unlike LoRA's there are no copies. A model without any bias raises
     ValueError and stays as it was.
     """
+    check_one_method(model, "bitfit")
     biases = bias_parameters(model)
     if not biases:
         raise ValueError(f"{type(model).__name__} has no bias parameters, so BitFit would train nothing; "
@@ -41,3 +42,6 @@ def apply(model: nn.Module, *, modules_to_save: list[str] | None = None) -> nn.M
     for name in saved:
         model.get_submodule(name).requires_grad_(True)
     return model
+
+
+SPEC = MethodSpec(name="bitfit", apply=apply, lr=3e-3)

@@ -20,14 +20,16 @@ The recipe of ULMFiT / fastai's ``fine_tune``, as explicit calls::
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ftlab.methods._inject import freeze, model_family
+from ftlab.methods.base import MethodSpec, check_one_method, freeze, model_family
+from ftlab.validate import check_int, check_number
 
 FAMILIES = ("resnet", "bert", "gpt2")
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def _backbone_prefix(model: nn.Module) -> str:
@@ -134,7 +136,7 @@ def freeze_to(model: nn.Module, n: int, *, groups: dict[str, list[str]] | None =
     are updated either way; ``requires_grad`` only governs the affine parameters.
     """
     params = group_parameters(model, groups)
-    if not isinstance(n, int) or not -len(params) <= n <= len(params):
+    if not -len(params) <= check_int("n", n) <= len(params):
         raise ValueError(f"n must be an int from {-len(params)} to {len(params)} for the {len(params)} layer groups "
                          f"{list(params)}, got {n!r}")
     freeze(model)
@@ -143,7 +145,7 @@ def freeze_to(model: nn.Module, n: int, *, groups: dict[str, list[str]] | None =
             p.requires_grad_(True)
     if train_bn:
         for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, BATCH_NORMS):
                 for p in module.parameters():
                     p.requires_grad_(True)
     return model
@@ -152,8 +154,9 @@ def freeze_to(model: nn.Module, n: int, *, groups: dict[str, list[str]] | None =
 def apply(model: nn.Module, trainable_groups: int = 1, *, groups: dict[str, list[str]] | None = None,
           train_bn: bool = False) -> nn.Module:
     """Freeze all but the top ``trainable_groups`` layer groups (1 = head only); see ``freeze_to``."""
+    check_one_method(model, "freeze")
     num_groups = len(layer_groups(model, groups))
-    if not isinstance(trainable_groups, int) or not 1 <= trainable_groups <= num_groups:
+    if not 1 <= check_int("trainable_groups", trainable_groups) <= num_groups:
         raise ValueError(f"trainable_groups must be an int from 1 (head only) to {num_groups} (everything), "
                          f"got {trainable_groups!r}")
     return freeze_to(model, num_groups - trainable_groups, groups=groups, train_bn=train_bn)
@@ -170,9 +173,8 @@ def gradual_unfreezing(model: nn.Module, every: int, *, start: int = 1, groups: 
     AdamW skips a parameter without gradient until it is unfrozen.
     """
     num_groups = len(layer_groups(model, groups))
-    if not isinstance(every, int) or every <= 0:
-        raise ValueError(f"every must be a positive number of steps, got {every!r}")
-    if not isinstance(start, int) or not 1 <= start <= num_groups:
+    check_int("every", every, minimum=1)
+    if not 1 <= check_int("start", start) <= num_groups:
         raise ValueError(f"start must be an int from 1 to {num_groups} (trainable groups at step 0), got {start!r}")
     state = {"trainable": None}
 
@@ -195,10 +197,12 @@ def discriminative_param_groups(model: nn.Module, lr: float, factor: float = 2.6
     included, frozen or not, so gradual unfreezing can use the same optimizer. Each dict has
     ``params``, ``lr``, ``weight_decay`` and the group's ``name``.
     """
-    if lr <= 0 or factor < 1:
-        raise ValueError(f"need lr > 0 and factor >= 1 (rate ratio between neighbouring groups), got lr={lr}, "
-                         f"factor={factor}")
+    check_number("lr", lr, minimum=0, strict_minimum=True)
+    check_number("factor", factor, minimum=1)  # the rate ratio between neighbouring groups
     params = group_parameters(model, groups)
     top = len(params) - 1
     return [{"params": ps, "lr": lr / factor ** (top - k), "weight_decay": weight_decay, "name": name}
             for k, (name, ps) in enumerate(params.items())]
+
+
+SPEC = MethodSpec(name="freeze", apply=apply, lr=3e-3)

@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from ftlab.methods.base import MethodSpec, check_one_method
+
 
 def apply(model: nn.Module) -> nn.Module:
     """Make every parameter of ``model`` trainable (``requires_grad = True``) and return it."""
+    check_one_method(model, "full")
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+SPEC = MethodSpec(name="full", apply=apply, lr=5e-5)

@@ -33,6 +33,8 @@ import math
 
 import torch
 
+from ftlab.validate import check_int
+
 QUANT_TYPES = ("nf4", "fp4", "int4")
 STATS_BLOCK_SIZE = 256  # block size of the second (8-bit) quantisation of the absmax constants
 
@@ -221,9 +223,9 @@ class QuantizedTensor:
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-def _check_block_size(block_size) -> None:
-    is_int = isinstance(block_size, int) and not isinstance(block_size, bool)
-    if not is_int or block_size < 1 or block_size & (block_size - 1):
+def check_block_size(block_size) -> None:
+    """Raise unless ``block_size`` is a positive power of two."""
+    if check_int("block_size", block_size) < 1 or block_size & (block_size - 1):
         raise ValueError(
             f"block_size must be a positive power of two (64 is bitsandbytes' default), got {block_size!r}"
         )
@@ -247,7 +249,7 @@ def quantize(weight: torch.Tensor, block_size: int = 64, double_quant: bool = Tr
         raise ValueError("weight has NaN or infinite values; a block's absmax would be meaningless")
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"unknown quant_type {quant_type!r}; choose one of {', '.join(QUANT_TYPES)}")
-    _check_block_size(block_size)
+    check_block_size(block_size)
 
     x = weight.detach().reshape(-1).float()  # (n,)
     n = x.numel()
@@ -288,9 +290,21 @@ def bits_per_parameter(q: QuantizedTensor) -> float:
     return 8 * stored / q.numel
 
 
+def round_trip(weight: torch.Tensor, quant_type: str = "nf4", block_size: int = 64, double_quant: bool = True) -> dict:
+    """Quantise ``weight`` and dequantise it again: what the stored format loses and what it costs.
+
+    Returns ``{"error": W - W_hat (float64, W's shape), "relative_error": ||W - W_hat|| / ||W||,
+    "bits_per_parameter": stored bits per weight, "quant_type", "block_size", "double_quant"}``.
+    """
+    q = quantize(weight, block_size=block_size, double_quant=double_quant, quant_type=quant_type)
+    w = weight.detach().double()
+    error = w - dequantize(q).double()  # W's shape
+    return {"error": error, "relative_error": (error.norm() / w.norm()).item(),
+            "bits_per_parameter": bits_per_parameter(q), "quant_type": quant_type, "block_size": block_size,
+            "double_quant": double_quant}
+
+
 def quantization_error(weight: torch.Tensor, quant_type: str = "nf4", block_size: int = 64,
                        double_quant: bool = True) -> float:
     """Relative Frobenius error of a round trip: ||W - dequantize(quantize(W))|| / ||W||."""
-    restored = dequantize(quantize(weight, block_size=block_size, double_quant=double_quant, quant_type=quant_type))
-    w = weight.detach().double()
-    return ((w - restored.double()).norm() / w.norm()).item()
+    return round_trip(weight, quant_type, block_size, double_quant)["relative_error"]

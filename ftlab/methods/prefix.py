@@ -23,26 +23,41 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ftlab.methods._inject import TrainableCopy, find_targets, freeze, inject, model_family
+from ftlab.methods.base import (
+    MethodSpec,
+    Plan,
+    WholeModelAdapter,
+    carry_out,
+    check_one_method,
+    find_targets,
+    freeze,
+    model_family,
+)
+from ftlab.validate import check_int
 
 FAMILIES = ("bert", "gpt2")
 
 
-def check_virtual_tokens(model: nn.Module, num_virtual_tokens: int, family_names: tuple[str, ...]) -> None:
-    """Raise unless ``model`` is a transformers model of ``family_names`` with room for the virtual tokens.
+def check_virtual_tokens(model: nn.Module, num_virtual_tokens: int, method: str,
+                         modules_to_save: list[str] | None) -> list[str]:
+    """Check what prefix and prompt tuning both need; return the names of ``modules_to_save``.
 
-    The virtual tokens take positions 0..P-1, so at least one real token must still fit
-    into ``config.max_position_embeddings``.
+    ``model`` must be a BERT or GPT-2 transformers model (``FAMILIES``) with room for the virtual
+    tokens: they take positions 0..P-1, so at least one real token must still fit into
+    ``config.max_position_embeddings``. ``method`` must be the only one on the model.
     """
+    check_one_method(model, method)
     family = model_family(model)
-    if family not in family_names:
-        raise ValueError(f"{type(model).__name__} (family {family!r}) is not supported here; supported families: "
-                         f"{', '.join(family_names)} (transformers models)")
+    if family not in FAMILIES:
+        raise ValueError(f"{type(model).__name__} (family {family!r}) is not supported by {method} tuning; supported "
+                         f"families: {', '.join(FAMILIES)} (transformers models)")
     max_positions = model.config.max_position_embeddings
-    if isinstance(num_virtual_tokens, bool) or not isinstance(num_virtual_tokens, int) \
-            or not 1 <= num_virtual_tokens < max_positions:
+    if not 1 <= check_int("num_virtual_tokens", num_virtual_tokens) < max_positions:
         raise ValueError(f"num_virtual_tokens must be an int from 1 to {max_positions - 1} (the model has "
                          f"{max_positions} positions and real tokens need at least one), got {num_virtual_tokens!r}")
+    if modules_to_save is not None and (isinstance(modules_to_save, str) or not modules_to_save):
+        raise ValueError(f"modules_to_save must be a non-empty list of module names (or None), got {modules_to_save!r}")
+    return find_targets(model, list(modules_to_save), what="modules_to_save") if modules_to_save else []
 
 
 def check_length(num_virtual_tokens: int, length: int, max_positions: int) -> None:
@@ -52,26 +67,25 @@ def check_length(num_virtual_tokens: int, length: int, max_positions: int) -> No
                          f"positions; use at most {max_positions - num_virtual_tokens} real tokens")
 
 
-def train_modules(model: nn.Module, modules_to_save: list[str] | None, adapter_name: str) -> None:
-    """Freeze ``model``; train copies of ``modules_to_save`` (e.g. ``["classifier"]``), as peft does."""
-    if modules_to_save:
-        inject(model, TrainableCopy, [], adapter_name, {}, modules_to_save=list(modules_to_save))
-    else:
-        freeze(model)
+def train_modules(model: nn.Module, saved: list[str], adapter_name: str) -> None:
+    """Freeze ``model``; train copies of the modules named ``saved`` (e.g. ``["classifier"]``), as peft does."""
+    freeze(model)
+    if saved:
+        carry_out(model, Plan(adapter_name, [], [(name, model.get_submodule(name)) for name in saved]))
 
 
-class PrefixTuning(nn.Module):
+class PrefixTuning(WholeModelAdapter):
     """A frozen transformers model plus learned key/value prefixes of ``num_virtual_tokens`` positions.
 
     Called like the base model (``input_ids``, ``attention_mask``, ``labels``, ...); returns
-    the base model's output, logits aligned with ``input_ids``.
+    the base model's output, logits aligned with ``input_ids``. Inside ``disable_adapters`` it is
+    the base model alone.
     """
 
     def __init__(self, base_model: nn.Module, num_virtual_tokens: int, prefix_projection: bool = False,
                  encoder_hidden_size: int | None = None):
-        super().__init__()
+        super().__init__(base_model)
         config = base_model.config
-        self.base_model = base_model
         self.num_virtual_tokens = num_virtual_tokens
         self.num_layers = config.num_hidden_layers
         self.num_heads = config.num_attention_heads
@@ -102,12 +116,16 @@ class PrefixTuning(nn.Module):
         """
         kv = self.prefixes()
         dtype = next(self.base_model.parameters()).dtype
-        layers = [(kv[l, 0].expand(batch_size, -1, -1, -1).to(dtype), kv[l, 1].expand(batch_size, -1, -1, -1).to(dtype))
-                  for l in range(self.num_layers)]
+        layers = [(kv[i, 0].expand(batch_size, -1, -1, -1).to(dtype), kv[i, 1].expand(batch_size, -1, -1, -1).to(dtype))
+                  for i in range(self.num_layers)]
         return DynamicCache(layers)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, **kwargs):
+        """The base model reading the prefixes as its key/value cache at every layer."""
+        if self.disabled:
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                   **kwargs)
         tokens = input_ids if input_ids is not None else inputs_embeds
         batch_size, length = tokens.shape[:2]
         check_length(self.num_virtual_tokens, length, self.max_positions)
@@ -131,12 +149,12 @@ def apply(model: nn.Module, num_virtual_tokens: int = 20, *, prefix_projection: 
     Trainable parameters: ``P * L * 2 * d``, or with the projection
     ``P * d + (d * h + h) + (h * L * 2 * d + L * 2 * d)``.
     """
-    check_virtual_tokens(model, num_virtual_tokens, FAMILIES)
-    if encoder_hidden_size is not None and (not isinstance(encoder_hidden_size, int) or encoder_hidden_size <= 0):
-        raise ValueError(f"encoder_hidden_size must be a positive int (or None for the model width), "
-                         f"got {encoder_hidden_size!r}")
-    if modules_to_save:
-        find_targets(model, list(modules_to_save), what="modules_to_save")
-    train_modules(model, modules_to_save, adapter_name)
+    saved = check_virtual_tokens(model, num_virtual_tokens, "prefix", modules_to_save)
+    if encoder_hidden_size is not None:
+        check_int("encoder_hidden_size", encoder_hidden_size, minimum=1)
+    train_modules(model, saved, adapter_name)
     device = next(model.parameters()).device
     return PrefixTuning(model, num_virtual_tokens, prefix_projection, encoder_hidden_size).to(device)
+
+
+SPEC = MethodSpec(name="prefix", apply=apply, lr=1e-2)

@@ -22,23 +22,23 @@ import math
 import torch
 from torch import nn
 
-from ftlab.methods._inject import find_targets
+from ftlab.methods.base import MethodSpec, WholeModelAdapter
 from ftlab.methods.prefix import check_length, check_virtual_tokens, train_modules
+from ftlab.train import IGNORE_INDEX
 
-FAMILIES = ("bert", "gpt2")
 INITS = ("RANDOM", "SAMPLE_VOCAB", "TEXT")
 
 
-class PromptTuning(nn.Module):
+class PromptTuning(WholeModelAdapter):
     """A frozen transformers model that reads ``num_virtual_tokens`` learned embeddings first.
 
     Called like the base model (``input_ids``, ``attention_mask``, ``token_type_ids``,
-    ``labels``); returns the base model's output with logits aligned with ``input_ids``.
+    ``labels``); returns the base model's output with logits aligned with ``input_ids``. Inside
+    ``disable_adapters`` it is the base model alone.
     """
 
     def __init__(self, base_model: nn.Module, prompt: torch.Tensor):
-        super().__init__()
-        self.base_model = base_model
+        super().__init__(base_model)
         self.num_virtual_tokens = prompt.shape[0]
         self.max_positions = base_model.config.max_position_embeddings
         self.embedding = nn.Embedding(*prompt.shape)
@@ -48,6 +48,12 @@ class PromptTuning(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs):
+        """The base model reading [prompt ; E[input_ids]]."""
+        if self.disabled:
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            return self.base_model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                                   labels=labels, **kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.base_model.get_input_embeddings()(input_ids)  # (B, T, d)
         batch_size, length = inputs_embeds.shape[:2]
@@ -61,7 +67,7 @@ class PromptTuning(nn.Module):
             token_type_ids = torch.cat([token_type_ids.new_zeros(batch_size, P), token_type_ids], dim=1)
         token_labels = labels is not None and labels.dim() == 2 and labels.shape[1] == length
         if token_labels:  # (B, T) -> (B, P + T): nothing to predict at the virtual positions
-            labels = torch.cat([labels.new_full((batch_size, P), -100), labels], dim=1)
+            labels = torch.cat([labels.new_full((batch_size, P), IGNORE_INDEX), labels], dim=1)
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         out = self.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -71,7 +77,7 @@ class PromptTuning(nn.Module):
         return out
 
 
-def _text_token_ids(text: str, tokenizer_name_or_path, num_virtual_tokens: int) -> list[int]:
+def text_token_ids(text: str, tokenizer_name_or_path, num_virtual_tokens: int) -> list[int]:
     """Token ids of ``text`` (with the tokenizer's special tokens, as peft), repeated or cut to P ids."""
     tokenizer = tokenizer_name_or_path
     if isinstance(tokenizer, str):
@@ -95,7 +101,7 @@ def initial_prompt(model: nn.Module, num_virtual_tokens: int, prompt_tuning_init
     if prompt_tuning_init == "SAMPLE_VOCAB":
         ids = torch.randint(0, vocab_size, (num_virtual_tokens,))
     else:
-        ids = torch.tensor(_text_token_ids(prompt_tuning_init_text, tokenizer_name_or_path, num_virtual_tokens))
+        ids = torch.tensor(text_token_ids(prompt_tuning_init_text, tokenizer_name_or_path, num_virtual_tokens))
     return word_embeddings.weight.detach()[ids.to(word_embeddings.weight.device)].float().clone()
 
 
@@ -111,17 +117,15 @@ def apply(model: nn.Module, num_virtual_tokens: int = 20, *, prompt_tuning_init:
     that train too, e.g. ``["classifier"]`` for a sequence classifier. Trainable: ``P * d``.
     Use the returned module.
     """
-    check_virtual_tokens(model, num_virtual_tokens, FAMILIES)
+    saved = check_virtual_tokens(model, num_virtual_tokens, "prompt", modules_to_save)
     init = getattr(prompt_tuning_init, "value", prompt_tuning_init)  # peft's PromptTuningInit enum or its name
     if init not in INITS:
         raise ValueError(f"prompt_tuning_init must be one of {INITS}, got {prompt_tuning_init!r}")
     if init == "TEXT" and (not prompt_tuning_init_text or tokenizer_name_or_path is None):
         raise ValueError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text (a non-empty string) and "
                          "tokenizer_name_or_path (a tokenizer or its folder)")
-    if modules_to_save:
-        find_targets(model, list(modules_to_save), what="modules_to_save")
     prompt = initial_prompt(model, num_virtual_tokens, init, prompt_tuning_init_text, tokenizer_name_or_path)
-    train_modules(model, modules_to_save, adapter_name)
+    train_modules(model, saved, adapter_name)
     return PromptTuning(model, prompt).to(next(model.parameters()).device)
 
 
@@ -137,3 +141,6 @@ def nearest_tokens(model: PromptTuning, tokenizer, k: int = 3) -> list[list[str]
     similarity = nn.functional.normalize(prompt, dim=-1) @ nn.functional.normalize(vocab, dim=-1).T  # (P, V)
     top = similarity.topk(k, dim=-1).indices
     return [tokenizer.convert_ids_to_tokens(row.tolist()) for row in top]
+
+
+SPEC = MethodSpec(name="prompt", apply=apply, lr=3e-2)

@@ -5,9 +5,10 @@
 Each targeted nn.Linear or GPT-2 Conv1D is replaced by a ``Linear4bit`` / ``Conv1D4bit`` that keeps
 only the packed 4-bit codes and block statistics (``ftlab/methods/nf4.py``) as buffers, plus its
 bias. Forward dequantises the weight in ``compute_dtype`` for one matmul and lets it go; backward
-dequantises it again instead of keeping the float weight, as bitsandbytes does. Then ordinary
-LoRA (``ftlab/methods/lora.py``) wraps these layers, so adapters, ``merge``, ``disable_adapters``
-and export work unchanged on the ``LoraLayer``s.
+dequantises it again instead of keeping the float weight, as bitsandbytes does. Then LoRA
+(``ftlab/methods/lora.py``, or DoRA with ``use_dora=True``) wraps these layers in ``QLoraLayer``s:
+LoRA layers whose merge first dequantises the base (below), so adapters, ``disable_adapters`` and
+export work as for LoRA.
 
 Storage per weight: 4 bits of code + 8/64 bits of absmax + 32/(64*256) bits of second-level
 statistics, about 4.13 bits instead of 32 (``storage_report``). The layer stands for a float
@@ -16,23 +17,34 @@ every time), and ``model.to(dtype)`` changes ``weight_dtype`` while the block st
 float32 (see ``QuantizedLayer._apply``).
 
 Merging cannot put W + delta back into 4 bits without rounding it again, so merging a QLoRA
-layer swaps its quantised base for the dequantised float layer first: ``ftlab.merge`` and
-``merge_and_unload`` give a float model whose weights are dequant(W) + delta, with the same outputs.
+layer swaps its quantised base for the dequantised float layer first (``prepare_merge``):
+``ftlab.merge`` and ``merge_and_unload`` give a float model whose weights are dequant(W) + delta,
+with the same outputs.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ftlab.methods import lora
-from ftlab.methods._inject import ALL_LINEAR, Tuned, find_targets, replace_module, weight_out_in
-from ftlab.methods.nf4 import QUANT_TYPES, QuantizedTensor, _check_block_size, dequantize, quantize
+from ftlab.methods.base import (
+    ALL_LINEAR,
+    MethodSpec,
+    TunedLayer,
+    carry_out,
+    find_targets,
+    plan_injection,
+    replace_module,
+    weight_out_in,
+)
+from ftlab.methods.dora import DoraLayer
+from ftlab.methods.lora import LoraLayer, LoraOptions
+from ftlab.methods.nf4 import QUANT_TYPES, QuantizedTensor, check_block_size, dequantize, quantize
+from ftlab.validate import check_bool, check_choice
 
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # Buffers that keep float32 whatever the model's dtype (absmax is uint8 when double-quantised).
@@ -48,7 +60,7 @@ class _DequantizedLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, layer: "QuantizedLayer") -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor | None, layer: QuantizedLayer) -> torch.Tensor:
         ctx.layer = layer
         return F.linear(x, weight_out_in(layer, layer.dequantize_weight(x.dtype)), bias)  # (..., out)
 
@@ -183,23 +195,21 @@ class Conv1D4bit(QuantizedLayer, Conv1D):
 
 def check_options(quant_type: str, double_quant: bool, block_size: int, compute_dtype: torch.dtype) -> None:
     """Raise ValueError/TypeError unless the quantisation options are valid."""
-    if quant_type not in QUANT_TYPES:
-        raise ValueError(f"unknown quant_type {quant_type!r}; choose one of {', '.join(QUANT_TYPES)}")
-    if double_quant not in (True, False):
-        raise ValueError(f"double_quant must be True or False, got {double_quant!r}")
-    _check_block_size(block_size)
+    check_choice("quant_type", quant_type, QUANT_TYPES)
+    check_bool("double_quant", double_quant)
+    check_block_size(block_size)
     if compute_dtype not in COMPUTE_DTYPES:
         raise TypeError(f"compute_dtype must be one of {', '.join(map(str, COMPUTE_DTYPES))}, got {compute_dtype!r}")
 
 
 def check_quantizable(module: nn.Module, name: str) -> None:
     """Raise TypeError unless ``module`` (called ``name``) is a float nn.Linear or Conv1D not yet quantised."""
-    base = module.base_layer if isinstance(module, Tuned) else module
+    base = module.base_layer if isinstance(module, TunedLayer) else module
     if isinstance(base, QuantizedLayer):
         raise TypeError(f"{name!r} is already quantised ({type(base).__name__}); quantising twice would round "
                         f"rounded weights. To add another adapter on the quantised model, use "
                         f"ftlab.add_adapter(model, name, method='lora', ...)")
-    if isinstance(module, Tuned):
+    if isinstance(module, TunedLayer):
         raise TypeError(f"{name!r} already carries a {module.method!r} adapter; apply qlora to a model "
                         f"without adapters (quantise first, then add more adapters)")
     if not isinstance(module, (nn.Linear, Conv1D)):
@@ -219,20 +229,40 @@ def quantize_layer(layer: nn.Linear | Conv1D, quant_type: str = "nf4", double_qu
                compute_dtype=compute_dtype)
 
 
+class QLoraLayer(LoraLayer):
+    """LoRA on a 4-bit ``Linear4bit`` / ``Conv1D4bit``: merging first swaps in the dequantised float base layer."""
+
+    kinds = (Linear4bit, Conv1D4bit)
+
+    def prepare_merge(self) -> None:
+        # 4 bits cannot hold W + delta without rounding it again, so the merge is into float weights
+        if isinstance(self.base_layer, QuantizedLayer):
+            self.base_layer = self.base_layer.dequantized()
+
+
+class QDoraLayer(DoraLayer):
+    """DoRA on a 4-bit layer (QDoRA); merging dequantises the base layer first, as ``QLoraLayer``."""
+
+    kinds = QLoraLayer.kinds
+    prepare_merge = QLoraLayer.prepare_merge
+
+
 def apply(model: nn.Module, *, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0,
           targets: list[str] | str = ALL_LINEAR, use_rslora: bool = False, use_dora: bool = False,
-          init_lora_weights: bool = True, modules_to_save: list[str] | None = None, adapter_name: str = "default",
+          init_lora_weights: bool | str = True, modules_to_save: list[str] | None = None, adapter_name: str = "default",
           quant_type: str = "nf4", double_quant: bool = True, block_size: int = 64,
           compute_dtype: torch.dtype = torch.float32) -> nn.Module:
     """Quantise ``model``'s target layers to 4 bits and add a LoRA adapter to them; freeze the rest.
 
-    ``targets``: as for LoRA (``_inject.find_targets``), by default ``"all-linear"``: every
+    ``targets``: as for LoRA (``base.find_targets``), by default ``"all-linear"``: every
     nn.Linear / Conv1D but the output head, as QLoRA does. ``quant_type`` "nf4" (or "fp4",
     "int4"), ``double_quant`` (bitsandbytes' ``compress_statistics``), ``block_size`` and
     ``compute_dtype`` (the matmul's dtype, bitsandbytes' ``bnb_4bit_compute_dtype``) set the
-    quantisation; the other options are LoRA's (``ftlab.methods.lora.apply``).
+    quantisation; the other options are LoRA's (``lora.apply``).
     Returns ``model``, changed in place; on bad input it raises and leaves ``model`` as it was.
     """
+    options = LoraOptions(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora,
+                          init_lora_weights=init_lora_weights, use_dora=use_dora)
     check_options(quant_type, double_quant, block_size, compute_dtype)
     names = find_targets(model, targets)
     for name in names:
@@ -242,14 +272,14 @@ def apply(model: nn.Module, *, r: int = 8, lora_alpha: float = 8, lora_dropout: 
                  for name in names}
     originals = {name: replace_module(model, name, layer) for name, layer in quantized.items()}
     try:
-        return lora.apply(model, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, targets=targets,
-                          use_rslora=use_rslora, use_dora=use_dora, init_lora_weights=init_lora_weights,
-                          modules_to_save=modules_to_save, adapter_name=adapter_name)
+        plan = plan_injection(model, [QLoraLayer, QDoraLayer], options, targets=targets, adapter_name=adapter_name,
+                              modules_to_save=modules_to_save, method="qlora")
     except (ValueError, TypeError):
-        # LoRA validates its options before it changes anything; put the float layers back as well
+        # the plan changes nothing; put the float layers back as well
         for name, original in originals.items():
             replace_module(model, name, original)
         raise
+    return carry_out(model, plan)
 
 
 def storage_report(model: nn.Module) -> dict:
@@ -267,47 +297,5 @@ def storage_report(model: nn.Module) -> dict:
             "ratio": stored / (4 * parameters), "bits_per_parameter": 8 * stored / parameters}
 
 
-def compare_on_sentiment(methods: tuple[str, ...] = ("lora", "qlora"), *, r: int = 8, lora_alpha: float = 16,
-                         targets: list[str] | str = ALL_LINEAR, num_steps: int = 150, lr: float = 3e-4,
-                         batch_size: int = 16, seed: int = 0, sizes: dict | None = None,
-                         progress: bool = False) -> list[dict]:
-    """Fine-tune the offline MiniLM on the sentiment task once per method, all else equal.
-
-    Same seed (so the same classifier head, LoRA A and batches), rank, targets, steps and learning
-    rate; the classifier head trains in full (``modules_to_save``). Returns one dict per method:
-    ``method``, ``test_accuracy``, ``validation_accuracy``, ``final_loss`` (mean of the last 10
-    steps), ``trainable``, ``total`` (``count_parameters``) and ``seconds`` of training.
-    ``methods`` are ones that take LoRA's options: "lora", "qlora", "dora".
-    """
-    # imported here: only this experiment needs the tasks, the model zoo and the training loop
-    from ftlab import apply as apply_method
-    from ftlab.config import seed_everything
-    from ftlab.measure import count_parameters
-    from ftlab.tasks import text_loader
-    from ftlab.tasks.sentiment import make_sentiment
-    from ftlab.train import evaluate, fit
-    from ftlab.zoo import load_bert
-
-    data = make_sentiment(seed=seed, sizes=sizes)
-    rows = []
-    for method in methods:
-        seed_everything(seed)
-        model, tokenizer = load_bert(seed=seed)
-        apply_method(model, method, r=r, lora_alpha=lora_alpha, targets=targets, modules_to_save=["classifier"])
-        train = text_loader(data["train"], tokenizer, batch_size=batch_size, shuffle=True, seed=seed)
-        start = time.perf_counter()
-        history = fit(model, train, num_steps=num_steps, lr=lr, progress=progress)
-        seconds = time.perf_counter() - start
-        counts = count_parameters(model)
-        accuracy = {split: evaluate(model, text_loader(data[split], tokenizer, batch_size=64))["accuracy"]
-                    for split in ("test", "validation")}
-        rows.append({
-            "method": method,
-            "test_accuracy": accuracy["test"],
-            "validation_accuracy": accuracy["validation"],
-            "final_loss": sum(history["loss"][-10:]) / len(history["loss"][-10:]),
-            "trainable": counts["trainable"],
-            "total": counts["total"],
-            "seconds": seconds,
-        })
-    return rows
+SPEC = MethodSpec(name="qlora", apply=apply, lr=1e-3, options=LoraOptions,
+                  layers=("ftlab.methods.qlora:QLoraLayer", "ftlab.methods.qlora:QDoraLayer"))

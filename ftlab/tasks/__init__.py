@@ -5,7 +5,8 @@ examples into batches that follow ftlab's batch convention (see ``ftlab.train``)
 """
 from __future__ import annotations
 
-from typing import Sequence
+import random
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -30,3 +31,37 @@ def text_loader(examples: Sequence[tuple[str, int]], tokenizer, *, batch_size: i
 
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(list(examples), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+
+
+def split_sizes(sizes: dict | None, defaults: dict[str, int], unit: str = "examples") -> dict[str, int]:
+    """How many ``unit`` each split gets: ``defaults`` with ``sizes`` on top, checked before anything is drawn.
+
+    A split not among ``defaults``'s, or a size that is not a positive whole number, is a ValueError.
+    """
+    sizes = {**defaults, **(sizes or {})}
+    for split, n in sizes.items():
+        if split not in defaults:
+            raise ValueError(f"unknown split {split!r}; splits are {list(defaults)}")
+        if not isinstance(n, int) or n <= 0:
+            raise ValueError(f"split {split!r} needs a positive number of {unit} (a whole number), got {n!r}")
+    return sizes
+
+
+def balanced_examples(text: Callable[[random.Random, str, int], str], num_classes: int, sizes: dict[str, int],
+                      seed: int) -> dict[str, list[tuple[str, int]]]:
+    """``{split: [(text, label), ...]}``, ``sizes[split]`` examples per split, for a text classification task.
+
+    Labels take turns (0, 1, ..., num_classes - 1, 0, 1, ...), so every split is balanced; each text is
+    ``text(rng, split, label)`` and each split is shuffled. One ``random.Random(seed)`` draws everything,
+    so the same seed always gives the same data.
+    """
+    rng = random.Random(seed)
+    data = {}
+    for split, n in sizes.items():
+        examples = []
+        for k in range(n):
+            label = k % num_classes
+            examples.append((text(rng, split, label), label))
+        rng.shuffle(examples)
+        data[split] = examples
+    return data

@@ -33,16 +33,10 @@ train, validation and test in turn, so the three splits share no document.
 """
 from __future__ import annotations
 
-import math
 import random
 import re
-from typing import Iterable, Sequence
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
-
-from ftlab.train import to_device
+from ftlab.tasks import split_sizes
 
 # ---------------------------------------------------------------- word lists
 NAME_ONSETS = ["Ma", "Li", "To", "Ka", "Be", "Ro", "Su", "Da", "Ni", "Fe", "Jo", "Ti", "Ra", "Lo", "Mi",
@@ -132,26 +126,26 @@ DOUBLING = {"hop", "skip", "jog", "clap", "hug", "drop", "grab", "drag", "hum", 
             "wet", "thin", "fat", "dim", "sit", "win", "flip", "wrap", "scrub", "knit"}
 
 
+def add_s(word: str, irregular: dict[str, str]) -> str:
+    """English's -s ending, the same for plural nouns and he/she/it verbs: ``fox -> foxes``,
+    ``berry -> berries``, ``run -> runs``; ``irregular`` lists the words that break the rule."""
+    if word in irregular:
+        return irregular[word]
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
 def plural(noun: str) -> str:
     """The plural of a noun: ``fox -> foxes``, ``berry -> berries``, ``mouse -> mice``."""
-    if noun in IRREGULAR_PLURALS:
-        return IRREGULAR_PLURALS[noun]
-    if noun.endswith(("s", "x", "z", "ch", "sh")):
-        return noun + "es"
-    if noun.endswith("y") and noun[-2] not in "aeiou":
-        return noun[:-1] + "ies"
-    return noun + "s"
+    return add_s(noun, IRREGULAR_PLURALS)
 
 
 def third_person(verb: str) -> str:
     """The present tense after he/she/it: ``run -> runs``, ``catch -> catches``, ``carry -> carries``."""
-    if verb in IRREGULAR_THIRD:
-        return IRREGULAR_THIRD[verb]
-    if verb.endswith(("s", "x", "z", "ch", "sh")):
-        return verb + "es"
-    if verb.endswith("y") and verb[-2] not in "aeiou":
-        return verb[:-1] + "ies"
-    return verb + "s"
+    return add_s(verb, IRREGULAR_THIRD)
 
 
 def past(verb: str) -> str:
@@ -397,7 +391,8 @@ def _owner_game(rng: random.Random, a: str, b: str) -> list[str]:
 
 
 LESSON_GAMES = [_word_game, _plural_game, _past_game, _owner_game]
-GAME_WEIGHTS = [3, 1, 1, 1]  # word games come up most: copying words out of the context is the skill the others build on
+# word games come up most: copying words out of the context is the skill the others build on
+GAME_WEIGHTS = [3, 1, 1, 1]
 
 
 def make_lesson(rng: random.Random) -> str:
@@ -449,12 +444,7 @@ def make_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, list[str]
 
     The same ``seed`` and ``sizes`` always give the same documents.
     """
-    sizes = {**SPLIT_SIZES, **(sizes or {})}
-    for split, n in sizes.items():
-        if split not in SPLIT_SIZES:
-            raise ValueError(f"unknown split {split!r}; splits are {list(SPLIT_SIZES)}")
-        if not isinstance(n, int) or n <= 0:
-            raise ValueError(f"split {split!r} needs a positive number of documents, got {n!r}")
+    sizes = split_sizes(sizes, SPLIT_SIZES, unit="documents")
     rng = random.Random(seed)
     seen: set[str] = set()
     data = {}
@@ -467,106 +457,3 @@ def make_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, list[str]
                 docs.append(doc)
         data[split] = docs
     return data
-
-
-def lm_loader(texts: Sequence[str], tokenizer, *, batch_size: int = 16, shuffle: bool = False, seed: int = 0,
-              max_length: int = 256) -> DataLoader:
-    """Batches of documents for causal language modelling, as dicts ``input_ids``, ``attention_mask``, ``labels``.
-
-    Each document becomes ``[bos] + tokens + [eos]`` (cut to ``max_length``), padded with the
-    tokenizer's pad token to the longest in the batch: all three tensors are ``(B, T)``.
-    ``labels`` equals ``input_ids`` except -100 on padding, so padding adds nothing to the loss
-    (the model shifts labels by one position itself).
-    """
-    if len(texts) == 0:
-        raise ValueError("lm_loader got no texts")
-    if tokenizer.pad_token_id is None or tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise ValueError("lm_loader needs a tokenizer with bos, eos and pad tokens (set tokenizer.pad_token)")
-
-    def collate(batch):
-        ids = [tokenizer(t, verbose=False)["input_ids"] for t in batch]  # no length warning: cut just below
-        ids = [[tokenizer.bos_token_id] + x + [tokenizer.eos_token_id] for x in ids]
-        ids = [x[:max_length] for x in ids]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
-        attention_mask = torch.zeros((len(ids), width), dtype=torch.long)  # (B, T)
-        for row, x in enumerate(ids):
-            input_ids[row, :len(x)] = torch.tensor(x)
-            attention_mask[row, :len(x)] = 1
-        labels = input_ids.masked_fill(attention_mask == 0, -100)  # (B, T)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(list(texts), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
-
-
-def packed_loader(texts: Sequence[str], tokenizer, *, block_size: int = 256, batch_size: int = 16,
-                  shuffle: bool = True, seed: int = 0) -> DataLoader:
-    """Batches for pretraining with no padding: documents packed into rows of ``block_size`` tokens.
-
-    Every document is written as ``eos + tokens`` into one stream that ends with ``eos`` (so each
-    document sits between two ``<|endoftext|>``, as in ``lm_loader``), and the stream is cut into
-    rows of ``block_size`` tokens; the last, partial row is dropped. A row may hold the end of one
-    document and the start of the next (GPT-2 and nanoGPT pretrain this way): every position
-    carries a real token, where padding to the longest document of a batch wastes about a third
-    of the compute on this corpus. Returns dicts ``input_ids``, ``attention_mask`` (all ones) and
-    ``labels`` (equal to ``input_ids``), each ``(B, block_size)``.
-    """
-    if tokenizer.eos_token_id is None:
-        raise ValueError("packed_loader needs a tokenizer with an eos token to separate documents")
-    if not isinstance(block_size, int) or block_size < 2:
-        raise ValueError(f"block_size must be an integer of at least 2, got {block_size!r}")
-    documents = tokenizer(list(texts), verbose=False)["input_ids"] if len(texts) else []  # rows are cut below
-    stream = [tokenizer.eos_token_id]
-    for ids in documents:
-        stream += ids + [tokenizer.eos_token_id]
-    rows = len(stream) // block_size
-    if rows == 0:
-        raise ValueError(f"packed_loader got {len(stream)} tokens, fewer than one row of block_size={block_size}; "
-                         f"give more text or a smaller block_size")
-    blocks = torch.tensor(stream[:rows * block_size]).view(rows, block_size)  # (N, block_size)
-
-    def collate(batch):
-        input_ids = torch.stack(batch)  # (B, block_size)
-        return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
-
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(list(blocks), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
-
-
-def unigram_perplexity(train_ids: Sequence[int], eval_ids: Sequence[int], vocab_size: int) -> float:
-    """Perplexity of a unigram model (token frequencies of ``train_ids``, add-one smoothed) on ``eval_ids``.
-
-    ``p(t) = (count(t) + 1) / (N + V)`` and perplexity ``= exp(-mean log p(t))`` over ``eval_ids``:
-    the baseline a language model must beat to show it learned more than word frequencies.
-    """
-    if len(eval_ids) == 0:
-        raise ValueError("unigram_perplexity got no evaluation tokens")
-    counts = torch.bincount(torch.as_tensor(list(train_ids), dtype=torch.long), minlength=vocab_size).double()
-    log_p = torch.log((counts + 1) / (counts.sum() + vocab_size))  # (V,)
-    return float(torch.exp(-log_p[torch.as_tensor(list(eval_ids), dtype=torch.long)].mean()))
-
-
-@torch.no_grad()
-def perplexity(model: torch.nn.Module, data: Iterable) -> float:
-    """Perplexity of a causal language model over batches from ``lm_loader``.
-
-    ``exp(-(1/N) sum log p(x_t | x_<t))`` over all N labelled target tokens: the logits at
-    position t are scored against the label at t+1, and every target token weighs the same.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    nll, count = 0.0, 0
-    for batch in data:
-        batch = to_device(batch, device)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        logits = out.logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
-        targets = batch["labels"][:, 1:]  # (B, T-1)
-        nll += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
-                               reduction="sum").item()
-        count += int((targets != -100).sum())
-    model.train(was_training)
-    if count == 0:
-        raise ValueError("perplexity got no labelled tokens: is the data empty?")
-    return math.exp(nll / count)

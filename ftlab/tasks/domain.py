@@ -33,7 +33,7 @@ written only in the domain corpus: a model can know them only from continued pre
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from ftlab.tasks import split_sizes
+
 IMAGE_SIZE = 32
 MEAN, STD = 0.5, 0.5  # x = (v - MEAN) / STD maps [0, 1] to [-1, 1], for every task here
 SPLITS = ("train", "validation", "test")
@@ -82,16 +84,6 @@ CELL_SIZES = {"train": 300, "validation": 200, "test": 400}
 def _split_rng(seed: int, split: str) -> np.random.Generator:
     """One generator per (seed, split), so each split is reproducible on its own and differs from the others."""
     return np.random.default_rng([seed, SPLITS.index(split)])
-
-
-def _sizes(sizes: dict | None, defaults: dict) -> dict:
-    sizes = {**defaults, **(sizes or {})}
-    for split, n in sizes.items():
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; splits are {list(SPLITS)}")
-        if not isinstance(n, int) or n <= 0:
-            raise ValueError(f"split {split!r} needs a positive whole number of examples, got {n!r}")
-    return sizes
 
 
 def _to_tensor(values: np.ndarray) -> torch.Tensor:
@@ -133,7 +125,7 @@ def glyph_fonts() -> list[Path]:
     return paths
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font(path: Path):
     """The font at 64 px, and the height of its capital H (to scale every font to the same cap height)."""
     from PIL import ImageFont
@@ -186,7 +178,7 @@ def make_glyphs(seed: int = 0, sizes: dict | None = None, splits=SPLITS) -> dict
     rotation, stroke, blur and noise are drawn per image (``render_glyph``). About 1 s per
     1,000 images.
     """
-    sizes = _sizes(sizes, GLYPH_SIZES)
+    sizes = split_sizes(sizes, GLYPH_SIZES)
     fonts = glyph_fonts()
     data = {}
     for split in splits:
@@ -345,7 +337,7 @@ def make_cells(seed: int = 0, sizes: dict | None = None) -> dict[str, TensorData
     Defaults: 300 train, 200 validation, 400 test (``CELL_SIZES``), classes balanced and
     shuffled; each split has its own random stream from ``(seed, split)`` (``render_cell``).
     """
-    sizes = _sizes(sizes, CELL_SIZES)
+    sizes = split_sizes(sizes, CELL_SIZES)
     data = {}
     for split in SPLITS:
         rng = _split_rng(seed, split)

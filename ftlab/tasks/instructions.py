@@ -33,10 +33,25 @@ mice"). Every other test prompt is a new combination of words, and no prompt occ
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from ftlab.tasks.corpus import (ACTIVITIES, ANIMALS, COLORS, FOOD_ACTIONS, FOODS, GAME_WORDS, NAMES, NUMBERS,
-                                OBJECTS, PLACES, THING_ACTIONS, past, plural, present_participle, use_an)
+from ftlab.tasks.corpus import (
+    ACTIVITIES,
+    ANIMALS,
+    COLORS,
+    FOOD_ACTIONS,
+    FOODS,
+    GAME_WORDS,
+    NAMES,
+    NUMBERS,
+    OBJECTS,
+    PLACES,
+    THING_ACTIONS,
+    past,
+    plural,
+    present_participle,
+    use_an,
+)
 
 PROMPT = "Question: {instruction}\nAnswer:"
 SPLITS = ("train", "validation", "test")

@@ -29,7 +29,7 @@ import collections
 import random
 import re
 import string
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -16,6 +16,8 @@ from __future__ import annotations
 import random
 import re
 
+from ftlab.tasks import balanced_examples, split_sizes
+
 POSITIVE = {
     "train": ["good", "great", "excellent", "wonderful", "fantastic", "amazing", "lovely", "brilliant"],
     "validation": ["terrific", "enjoyable", "fabulous"],
@@ -49,21 +51,10 @@ def make_sentiment(seed: int = 0, sizes: dict | None = None) -> dict[str, list[t
 
     Classes are balanced in every split; the same ``seed`` always gives the same data.
     """
-    sizes = {**SPLIT_SIZES, **(sizes or {})}
-    rng = random.Random(seed)
-    data = {}
-    for split, n in sizes.items():
-        if split not in POSITIVE:
-            raise ValueError(f"unknown split {split!r}; splits are {list(POSITIVE)}")
-        if n <= 0:
-            raise ValueError(f"split {split!r} needs a positive number of examples, got {n}")
-        examples = []
-        for k in range(n):
-            label = k % 2
-            adjective = rng.choice((POSITIVE if label else NEGATIVE)[split])
-            text = rng.choice(TEMPLATES).format(s=rng.choice(SUBJECTS), i=rng.choice(INTENSIFIERS), a=adjective)
-            text = re.sub(r"\ba (?=[aeiou])", "an ", text)  # "a outstanding" -> "an outstanding"
-            examples.append((text, label))
-        rng.shuffle(examples)
-        data[split] = examples
-    return data
+
+    def review(rng: random.Random, split: str, label: int) -> str:
+        adjective = rng.choice((POSITIVE if label else NEGATIVE)[split])
+        text = rng.choice(TEMPLATES).format(s=rng.choice(SUBJECTS), i=rng.choice(INTENSIFIERS), a=adjective)
+        return re.sub(r"\ba (?=[aeiou])", "an ", text)  # "a outstanding" -> "an outstanding"
+
+    return balanced_examples(review, len(LABELS), split_sizes(sizes, SPLIT_SIZES), seed)

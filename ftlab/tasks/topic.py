@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import random
 
+from ftlab.tasks import balanced_examples, split_sizes
+
 LABELS = ["sports", "food", "travel", "tech"]
 WORDS = {
     "sports": {
@@ -60,19 +62,9 @@ def make_topic(seed: int = 0, sizes: dict | None = None) -> dict[str, list[tuple
 
     Classes take turns, so every split is balanced; the same ``seed`` always gives the same data.
     """
-    sizes = {**SPLIT_SIZES, **(sizes or {})}
-    rng = random.Random(seed)
-    data = {}
-    for split, n in sizes.items():
-        if split not in SPLIT_SIZES:
-            raise ValueError(f"unknown split {split!r}; splits are {list(SPLIT_SIZES)}")
-        if not isinstance(n, int) or n <= 0:
-            raise ValueError(f"split {split!r} needs a positive number of examples, got {n!r}")
-        examples = []
-        for k in range(n):
-            label = k % len(LABELS)
-            w, w2 = rng.sample(WORDS[LABELS[label]][split], 2)
-            examples.append((rng.choice(TEMPLATES).format(w=w, w2=w2), label))
-        rng.shuffle(examples)
-        data[split] = examples
-    return data
+
+    def sentence(rng: random.Random, split: str, label: int) -> str:
+        w, w2 = rng.sample(WORDS[LABELS[label]][split], 2)
+        return rng.choice(TEMPLATES).format(w=w, w2=w2)
+
+    return balanced_examples(sentence, len(LABELS), split_sizes(sizes, SPLIT_SIZES), seed)

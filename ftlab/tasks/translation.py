@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import collections
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from ftlab.tasks.corpus import ANIMALS, past, plural, third_person
 from ftlab.tasks.instructions import PROMPT, deal_splits
