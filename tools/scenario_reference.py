@@ -1,6 +1,6 @@
 """Reference results for the application scenarios (ftlab.scenarios), classroom sizes, seeds 0, 1, 2.
 
-    python tools/scenario_reference.py qa boxes domain instruction translation
+    python tools/scenario_reference.py qa boxes boxes50 domain instruction translation cells
 
 Writes data/results/scenarios_<name>.csv, one row per run (the experiment's DataFrame).
 """
@@ -31,18 +31,19 @@ def cells_experiment(seeds):
 
 EXPERIMENTS = {
     "cells": cells_experiment,
-    "qa": scenarios.qa_experiment,
-    "boxes": scenarios.boxes_experiment,
-    "domain": scenarios.domain_pretraining_experiment,
-    "instruction": scenarios.domain_instruction_experiment,
-    "translation": scenarios.translation_experiment,
+    "qa": lambda seeds: scenarios.qa_experiment(seeds=seeds),
+    "boxes": lambda seeds: scenarios.boxes_experiment(labels_per_class=[10], seeds=seeds),
+    "boxes50": lambda seeds: scenarios.boxes_experiment(labels_per_class=[50], seeds=seeds),
+    "domain": lambda seeds: scenarios.domain_pretraining_experiment(seeds=seeds),
+    "instruction": lambda seeds: scenarios.domain_instruction_experiment(seeds=seeds),
+    "translation": lambda seeds: scenarios.translation_experiment(seeds=seeds),
 }
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parents[1] / "data" / "results"
     for name in sys.argv[1:] or list(EXPERIMENTS):
         start, cpu = time.perf_counter(), time.process_time()
-        df = EXPERIMENTS[name](seeds=(0, 1, 2))
+        df = EXPERIMENTS[name]((0, 1, 2))
         df.to_csv(out / f"scenarios_{name}.csv", index=False)
         print(f"{name}: {time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu:.0f} s cpu", flush=True)
         print(df.drop(columns=[c for c in ("total", "batch_size") if c in df]).to_string(), flush=True)
