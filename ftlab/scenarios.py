@@ -140,7 +140,7 @@ def general_test_documents() -> tuple[str, ...]:
 
 def _language_scores(model, tokenizer, domain_docs: Sequence[str], general_docs: Sequence[str]) -> dict[str, float]:
     """Perplexity on domain and on general documents, and ``fact_recall`` (which drug treats which condition)."""
-    from ftlab.tasks.corpus import lm_loader, perplexity
+    from ftlab.lm import lm_loader, perplexity
     from ftlab.tasks.domain import fact_recall
 
     return {"domain ppl": perplexity(model, lm_loader(domain_docs, tokenizer, batch_size=32)),
@@ -151,7 +151,7 @@ def _language_scores(model, tokenizer, domain_docs: Sequence[str], general_docs:
 def continue_pretraining(model, tokenizer, documents: Sequence[str], options: dict, *, num_steps: int,
                          batch_size: int, block_size: int, seed: int, progress: bool = False):
     """Apply ``options["method"]`` and train ``model`` on ``documents`` as packed next-token prediction; returns it."""
-    from ftlab.tasks.corpus import packed_loader
+    from ftlab.lm import packed_loader
 
     model = _apply(model, options, [])
     data = packed_loader(documents, tokenizer, block_size=block_size, batch_size=batch_size, shuffle=True, seed=seed)

@@ -171,11 +171,12 @@ def fact_recall(model, tokenizer, drugs: Sequence[str] | None = None) -> float:
     """The fraction of ``drugs`` (default: all 48) whose condition the model finds among all 16: a multiple choice.
 
     For each drug every condition is scored by ``log p(" " + condition + eos | bos + "Formulary: {drug}. Used
-    for")``, the summed log-probability of its tokens (``ftlab.align.sft.response_logprobs``); the choice is the
+    for")``, the summed log-probability of its tokens (``ftlab.align.common.response_logprobs``); the choice is the
     best-scoring condition. Chance is 1/16. It measures what continued pretraining taught, with no instruction
     tuning and no generation.
     """
-    from ftlab.align.sft import collate, encode, max_positions, response_logprobs
+    from ftlab.align.common import response_logprobs
+    from ftlab.align.sft import collate, encode, max_positions
     from ftlab.validate import eval_mode
 
     drugs = list(drugs or DRUG_CONDITION)
