@@ -57,7 +57,10 @@ def _apply(model, options: dict, head: list[str]):
     extra = {k: v for k, v in options.items() if k not in ("method", "lr", "pretrained")}
     if method in ("full", "freeze"):
         return apply(model, method, **extra)
-    return apply(model, method, **{"modules_to_save": head, **extra})
+    extra = {"modules_to_save": head, **extra}
+    if not extra["modules_to_save"]:  # nothing to train in full: apply refuses an empty list
+        del extra["modules_to_save"]
+    return apply(model, method, **extra)
 
 
 # ---------------------------------------------------------------- question answering
