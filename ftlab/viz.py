@@ -1199,3 +1199,99 @@ def plot_virtual_token_counts(base_model, num_virtual_tokens: int = 20, encoder_
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_title(f"P = {P} virtual tokens, projection width {h or 'd'}", fontsize=10)
     return _finish(fig)
+
+
+# ---- scenarios
+
+
+def plot_seed_spread(df, metrics: Sequence[str], by: str = "method", group: str | None = None,
+                     title: str | None = None):
+    """One panel per metric: every run of ``df`` as a dot (one per seed) and the mean of each ``by`` value as a bar,
+    side by side within each value of ``group`` (e.g. ``labels_per_class``) when given. Metrics in [0, 1]."""
+    groups = list(dict.fromkeys(df[group])) if group else [None]
+    names = list(dict.fromkeys(df[by]))
+    width = 0.8 / len(names)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 1.0 + 0.7 * len(names) * len(groups)) * len(metrics),
+                                                         3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for k, name in enumerate(names):
+            for g, group_value in enumerate(groups):
+                rows = df[(df[by] == name) & ((df[group] == group_value) if group else True)]
+                if rows.empty:
+                    continue
+                x = g + (k - (len(names) - 1) / 2) * width
+                values = rows[metric].to_numpy(dtype=float)
+                ax.bar(x, values.mean(), width * 0.9, color=f"C{k % 10}", alpha=0.35,
+                       label=str(name) if g == 0 else None)
+                ax.plot([x] * len(values), values, "o", color=f"C{k % 10}", markersize=4)
+                ax.annotate(f"{values.mean():.2f}", (x, values.max()), ha="center", va="bottom", fontsize=7,
+                            xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(range(len(groups)), [f"{group} = {v}" if group else "" for v in groups])
+        ax.set_ylim(0, 1.08)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} (bar: mean, dots: seeds)", fontsize=10)
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_perplexity_shift(df):
+    """``ftlab.scenarios.domain_pretraining_experiment``'s table as arrows from before to after, one per run:
+    perplexity on general text (x) against perplexity on domain text (y), both log scale. Down is adaptation, right
+    is forgetting."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for k, method in enumerate(dict.fromkeys(df["method"])):
+        rows = df[df["method"] == method]
+        for i, row in enumerate(rows.to_dict("records")):
+            before = (row["general ppl before"], row["domain ppl before"])
+            after = (row["general ppl after"], row["domain ppl after"])
+            ax.annotate("", after, before, arrowprops={"arrowstyle": "->", "color": f"C{k % 10}"})
+            ax.plot(*after, "o", color=f"C{k % 10}", markersize=4, label=str(method) if i == 0 else None)
+        ax.plot(rows["general ppl before"], rows["domain ppl before"], "s", color="grey", markersize=5,
+                label="before" if k == 0 else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("perplexity on general text (held out)")
+    ax.set_ylabel("perplexity on clinic notes (held out)")
+    ax.set_title("continued pretraining: down = adapted, right = forgot", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_boxes(dataset, predicted=None, classes: Sequence[str] | None = None, n: int = 8, ncols: int = 8):
+    """The first ``n`` images of a ``ftlab.tasks.boxes`` split with their true boxes (green) and, given
+    ``predicted`` ``(logits (N, C), boxes (N, 4))`` from ``split_outputs``, the predicted box (red) and class."""
+    from matplotlib.patches import Rectangle
+
+    from ftlab.tasks.images import to_unit
+
+    x, y, boxes = (t[:n] for t in dataset[:n])
+    nrows = (len(x) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.8 * nrows), squeeze=False)
+    size = x.shape[-1]
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(x):
+            continue
+        ax.imshow(to_unit(x[i]).permute(1, 2, 0))
+        shown = [(boxes[i], "lime", str(classes[y[i]] if classes else int(y[i])))]
+        if predicted is not None:
+            logits, predicted_boxes = predicted
+            k = int(logits[i].argmax())
+            shown.append((predicted_boxes[i], "red", str(classes[k] if classes else k)))
+        title = []
+        for box, color, name in shown:
+            b = (box * size).tolist()
+            ax.add_patch(Rectangle((b[0] - 0.5, b[1] - 0.5), b[2] - b[0], b[3] - b[1], fill=False, color=color,
+                                   linewidth=1.5))
+            title.append(name)
+        ax.set_title(" / ".join(title), fontsize=8)
+    fig.suptitle("green: true box and class" + (", red: predicted" if predicted is not None else ""), fontsize=9)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

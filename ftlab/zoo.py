@@ -461,7 +461,8 @@ def _load_causal(name, seed: int, family: str):
         with quiet():
             if name == "scratch":
                 torch.manual_seed(seed)
-                model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+                config = AutoConfig.from_pretrained(path, local_files_only=True)
+                model = AutoModelForCausalLM.from_config(config).float()  # the config's dtype may be float16
             else:
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
                                                              local_files_only=local_only)

@@ -80,6 +80,7 @@ def test_scratch_gpt2_has_the_tiny_architecture_and_seeded_random_weights(tiny, 
     assert len(scratch_tokenizer) == len(tokenizer)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     assert {k: v.shape for k, v in scratch.state_dict().items()} == shapes
+    assert {p.dtype for p in scratch.parameters()} == {torch.float32}  # trainable as loaded, like "tiny"
     again, _ = zoo.load_gpt2("scratch", seed=0)
     other, _ = zoo.load_gpt2("scratch", seed=1)
     w = "transformer.h.0.attn.c_attn.weight"

@@ -1,0 +1,50 @@
+"""The scenario plots (end of ftlab/viz.py) draw what their tables hold."""
+import matplotlib
+import pandas as pd
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from ftlab.viz import plot_boxes, plot_perplexity_shift, plot_seed_spread
+
+
+def test_seed_spread_draws_one_dot_per_run_and_a_bar_per_method_and_group():
+    df = pd.DataFrame({"method": ["full", "lora"] * 4, "labels_per_class": [10] * 4 + [50] * 4,
+                       "accuracy": [0.5, 0.4, 0.6, 0.5, 0.8, 0.7, 0.9, 0.6], "mean iou": [0.3] * 8})
+    fig = plot_seed_spread(df, ["accuracy", "mean iou"], group="labels_per_class")
+    assert len(fig.axes) == 2
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4  # 2 methods x 2 label counts
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == [0.45, 0.55, 0.65, 0.85]  # the means of the seeds
+    dots = sum(len(line.get_xdata()) for line in ax.lines)
+    assert dots == 8
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["labels_per_class = 10", "labels_per_class = 50"]
+
+
+def test_perplexity_shift_draws_one_arrow_per_run_on_log_axes():
+    df = pd.DataFrame({"method": ["lora", "lora", "full"], "seed": [0, 1, 0],
+                       "domain ppl before": [30.0] * 3, "domain ppl after": [5.0, 5.5, 3.0],
+                       "general ppl before": [2.0] * 3, "general ppl after": [2.2, 2.1, 6.0]})
+    fig = plot_perplexity_shift(df)
+    ax = fig.axes[0]
+    arrows = [a for a in ax.texts if hasattr(a, "arrow_patch") and a.arrow_patch is not None]
+    assert len(arrows) == 3
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert arrows[2].xy == (6.0, 3.0) and arrows[2].xyann == (2.0, 30.0)  # full: from before to after
+
+
+def test_boxes_plot_shows_true_and_predicted_boxes():
+    x = torch.zeros(3, 3, 64, 64)
+    y = torch.tensor([1, 2, 3])
+    truth = torch.tensor([[0.1, 0.1, 0.5, 0.5]] * 3)
+    dataset = torch.utils.data.TensorDataset(x, y, truth)
+    fig = plot_boxes(dataset, n=3, ncols=3)
+    assert sum(len(ax.patches) for ax in fig.axes) == 3
+    logits = torch.nn.functional.one_hot(torch.tensor([1, 0, 3]), 10).float()
+    fig = plot_boxes(dataset, predicted=(logits, truth + 0.1), n=3, ncols=3)
+    assert sum(len(ax.patches) for ax in fig.axes) == 6
+    assert [ax.get_title() for ax in fig.axes] == ["1 / 1", "2 / 0", "3 / 3"]
+    patch = fig.axes[0].patches[0]
+    assert patch.get_width() == pytest.approx(0.4 * 64) and patch.get_xy() == pytest.approx((0.1 * 64 - 0.5,) * 2)
