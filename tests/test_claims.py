@@ -11,7 +11,7 @@ from ftlab.claims import backs, check_notebook, figures, main, unbacked
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 # Notebooks whose text still quotes figures that no cell above prints and no marker cites (issue 14).
 # Strict: a notebook that passes while listed fails the test, so that it leaves this list.
-KNOWN_UNBACKED = {"13_method_shootout.ipynb"}
+KNOWN_UNBACKED: set[str] = set()  # none left: every notebook passes
 
 
 def _notebook(tmp_path, cells) -> Path:
