@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 from torch import nn
 
+from ftlab.compare import load_learning_rates
 from ftlab.estimate import PRECISIONS, estimate_memory, is_classifier, meta_model
 from ftlab.methods import available
 from ftlab.methods.base import ALL_LINEAR, DEFAULT_TARGETS, model_family
@@ -92,15 +93,30 @@ def cheapest_fit(model, method: str, options: dict, budget: float, batch_size: i
 
 # ---------------------------------------------------------------- quality: the lab's measured results
 
+def shipped_results() -> pd.DataFrame:
+    """The shipped runs that compare methods at their chosen learning rates: ``data/results/sweep_*.csv`` (made
+    with those rates) and, from each ``data/results/lr_grid_<task>.csv``, only the rows at the rate
+    ``ftlab/learning_rates.json`` chose for the method (the other rates of the grid are not the method at its best).
+    Other results files (continual, alignment, scenarios) measure other things and are left out."""
+    rates = load_learning_rates()
+    frames = [pd.read_csv(p) for p in sorted(RESULTS_DIR.glob("sweep_*.csv"))]
+    for path in sorted(RESULTS_DIR.glob("lr_grid_*.csv")):
+        rows = pd.read_csv(path)
+        chosen = rows.apply(lambda r: math.isclose(r["lr"], rates.get(r["task"], {}).get(r["method"], math.nan),
+                                                   rel_tol=1e-6), axis=1)
+        frames.append(rows[chosen.astype(bool)])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULT_COLUMNS)
+
+
 def load_results(results=None) -> pd.DataFrame:
-    """The lab's reference results: every ``data/results/*.csv`` (``results=None``), a folder of CSVs,
-    a list of CSV paths, or a DataFrame; one row per run (columns ``RESULT_COLUMNS`` at least)."""
+    """The lab's reference results (``results=None``: ``shipped_results()``), a folder of CSVs, a list of CSV
+    paths, or a DataFrame; one row per run (columns ``RESULT_COLUMNS`` at least)."""
     if isinstance(results, pd.DataFrame):
         frame = results
+    elif results is None:
+        frame = shipped_results()
     else:
-        if results is None:
-            paths = sorted(RESULTS_DIR.glob("*.csv"))  # none yet: an empty table
-        elif isinstance(results, (str, Path)):
+        if isinstance(results, (str, Path)):
             paths = sorted(Path(results).glob("*.csv")) if Path(results).is_dir() else [Path(results)]
         else:
             paths = [Path(p) for p in results]

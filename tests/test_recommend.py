@@ -139,3 +139,18 @@ def test_recommendation_plot_has_a_bar_per_applicable_method(results_dir):
     assert [t.get_text() for t in memory.get_yticklabels()] == list(table["method"][table["memory_gib"].notna()])
     assert len(quality.patches) == table["quality_vs_full"].notna().sum()
     assert sum(t.get_text() == "not measured" for t in quality.texts) == applicable - len(quality.patches)
+
+
+def test_shipped_results_keep_only_each_methods_chosen_rate_of_the_learning_rate_grids():
+    from ftlab.compare import load_learning_rates
+    from ftlab.recommend import RESULTS_DIR, shipped_results
+
+    rows = shipped_results()
+    grids = pd.concat([pd.read_csv(p) for p in RESULTS_DIR.glob("lr_grid_*.csv")], ignore_index=True)
+    assert grids.groupby(["task", "method"])["lr"].nunique().max() > 1  # the grids hold several rates per method
+    rates = load_learning_rates()
+    per_method = rows.groupby(["task", "method"])["lr"].unique()
+    assert len(per_method) > 0
+    for (task, method), lrs in per_method.items():
+        assert list(lrs) == [pytest.approx(rates[task][method])], (task, method, lrs)
+    assert rows.equals(load_results())
