@@ -685,12 +685,16 @@ def check_lora_init(call) -> Problem | None:
     rng = random.Random(8)
     cases = [(384, 384, 8), (768, 64, 1)] + [(rng.randint(16, 300), rng.randint(16, 300), rng.randint(1, 16))
                                              for _ in range(4)]
+    A_first = None  # the first case's A, against a second draw under another seed
     for n_in, out, r in cases:
         case = f"in={n_in}, out={out}, r={r}"
         torch.manual_seed(rng.randint(0, 10**6))
         got = call(n_in, out, r, case=case)
         if not isinstance(got, (tuple, list)) or len(got) != 2 or not all(isinstance(t, torch.Tensor) for t in got):
             return Problem(f"{case}: expected two tensors (A, B), got {type(got).__name__}", "end with `return A, B`")
+        if not all(t.is_floating_point() for t in got):
+            return Problem(f"{case}: A is {got[0].dtype} and B {got[1].dtype}: integer tensors never receive a "
+                           "gradient", "make both factors floating point")
         A, B = (t.detach().as_subclass(torch.Tensor).double() for t in got)
         if tuple(A.shape) != (r, n_in) or tuple(B.shape) != (out, r):
             return Problem(f"{case}: A is {tuple(A.shape)} and B {tuple(B.shape)}, expected A ({r}, {n_in}) and "
@@ -709,6 +713,12 @@ def check_lora_init(call) -> Problem | None:
                            "B receives the gradient (dL/dy)(A x)^T, which then has rank < r, and A no gradient at all"
                            if rank == 0 else f"{case}: A has rank {rank} < r={r}: its rows repeat, so the r directions "
                            "of the adapter collapse into fewer", "draw A at random")
+        A_first = A if A_first is None else A_first
+    torch.manual_seed(rng.randint(0, 10**6))
+    again = call(*cases[0], case=f"in={cases[0][0]}, out={cases[0][1]}, r={cases[0][2]}, another random seed")
+    if torch.equal(again[0].detach().as_subclass(torch.Tensor).double(), A_first):
+        return Problem("A is the same whatever the random seed: a fixed matrix (such as an identity) has full rank, "
+                       "but every adapter then starts from the same directions", "draw A at random")
     return None
 
 
@@ -803,11 +813,18 @@ def check_quantize_block(call) -> Problem | None:
     cases[1] = (cases[1][0].double(), cases[1][1])
     cases[3] = (-cases[3][0], -cases[3][1])  # the largest magnitude positive
     cases.append((torch.zeros(64), torch.zeros(64)))
-    for block, u in cases:
+    cases = [(block, u, code) for block, u in cases]
+    uniform = torch.linspace(-1, 1, 16)  # another code table: the function must use the one it is given
+    u = away_from_midpoints(128, uniform, gen)[:32]
+    u[0] = 1.0
+    cases.append((u * 0.05, u, uniform))
+    for block, u, table in cases:
         want_absmax = block.abs().max().item()
-        want = nearest_index(u.float(), code)
+        want = nearest_index(u.float(), table)
         case = f"block {shape(block)}" + (", all zeros" if want_absmax == 0 else f", absmax {want_absmax:.3g}")
-        got = call(block.clone(), code.clone(), case=case)
+        if table is uniform:
+            case += ", code: 16 evenly spaced levels instead of NF4"
+        got = call(block.clone(), table.clone(), case=case)
         if not isinstance(got, (tuple, list)) or len(got) != 2:
             return Problem(f"{case}: expected a pair (indices, absmax), got {type(got).__name__}",
                            "end with `return indices, absmax`")

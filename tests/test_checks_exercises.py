@@ -415,7 +415,9 @@ EXERCISES = {
         [(lambda i, o, r: (torch.randn(r, i), torch.randn(o, r)), "B is not zero"),
          (lambda i, o, r: (torch.zeros(r, i), torch.randn(o, r)), "put the zero in B"),
          (lambda i, o, r: (torch.zeros(r, i), torch.zeros(o, r)), "rank 0"),
-         (lambda i, o, r: (torch.randn(i, r), torch.zeros(r, o)), "expected A")],
+         (lambda i, o, r: (torch.randn(i, r), torch.zeros(r, o)), "expected A"),
+         (lambda i, o, r: (torch.eye(r, i), torch.zeros(o, r)), "whatever the random seed"),
+         (lambda i, o, r: (torch.randint(1, 5, (r, i)), torch.zeros(o, r, dtype=torch.int64)), "never receive")],
         ["zeros(out_features, r)", "torch.zeros(out"]),
     "nf4_lookup": Entry(
         checks.check_nf4_lookup, nearest_code_index,
@@ -428,7 +430,8 @@ EXERCISES = {
         checks.check_quantize_block, quantize_block,
         [(quantize_block_max, "largest value"), (quantize_block_unguarded, "NaN"),
          (lambda block, code: (block, block.abs().max()), "integer indices"),
-         (lambda block, code: (nearest_code_index(block, code), block.abs().max()), "indices differ")],
+         (lambda block, code: (nearest_code_index(block, code), block.abs().max()), "indices differ"),
+         (lambda block, code: quantize_block(block, torch.tensor(checks.NF4_LEVELS)), "evenly spaced")],
         ["block.abs().max()"]),
     "prepend_virtual_tokens": Entry(
         checks.check_prepend_virtual_tokens, prepend_virtual_tokens,
