@@ -33,7 +33,7 @@ def test_step_memory_writes_each_total_above_its_bar():
     assert ax.get_ylim()[0] == 0 and 400 < ax.get_ylim()[1] < 480  # room above the tallest bar for its total
     assert ax.get_title() == "batch 16, 32 tokens"
     assert [tick.get_text() for tick in ax.get_xticklabels()] == ["full", "lora"]
-    assert not plt.get_fignums(), "the figure is closed, so a notebook shows it once"
+    assert fig.number not in plt.get_fignums(), "the figure is closed, so a notebook shows it once"
 
 
 def test_step_memory_writes_totals_in_the_unit_asked_for():
