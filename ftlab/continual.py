@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import datetime
 import json
@@ -744,7 +743,7 @@ def sweep_continual(sequence: str = "digits", *, settings=SETTINGS, seeds=(0, 1,
     ``ftlab.sweep`` records it. Rows are appended as runs finish and runs already in the file are skipped, so an
     interrupted command picks up where it stopped. Returns every row of the file.
     """
-    from ftlab.sweep import RESULTS_DIR, check_writable, checkpoint_hashes, git_commit
+    from ftlab.sweep import RESULTS_DIR, append_rows, check_writable, checkpoint_hashes, git_commit
 
     settings = [settings] if isinstance(settings, str) else list(settings)
     for setting in settings:
@@ -794,12 +793,7 @@ def sweep_continual(sequence: str = "digits", *, settings=SETTINGS, seeds=(0, 1,
                 if _row_key({"setting": setting, "seed": seed, **labels}) in done:
                     continue
                 row = sweep_row(sequence, setting, labels, strategy, seed)
-                new = not csv_path.exists()
-                with open(csv_path, "a", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS)
-                    if new:
-                        writer.writeheader()
-                    writer.writerow(row)
+                append_rows(csv_path, [row], SWEEP_COLUMNS)
                 if progress:
                     knob = (f" lambda {row['ewc_lambda']:g}" if row["ewc_lambda"] is not None else
                             f" buffer {row['buffer_size']}" if row["buffer_size"] is not None else "")

@@ -205,15 +205,16 @@ def record_command(kind: str, task: str, out: str | Path, command: str, extra: d
     return stored
 
 
-def append_rows(csv_path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` (dicts with ``COLUMNS``) to ``csv_path``, writing the header if the file is new."""
+def append_rows(csv_path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
+    """Append ``rows`` (dicts with ``columns``, default this module's ``COLUMNS``) to ``csv_path``, writing the
+    header if the file is new. Every results file of ftlab grows this way, one finished run at a time."""
     new = not csv_path.exists()
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         if new:
             writer.writeheader()
-        writer.writerows([{c: row[c] for c in COLUMNS} for row in rows])
+        writer.writerows([{c: row[c] for c in columns} for row in rows])
 
 
 def _key(method, seed, num_steps, train_examples, labels_per_class, lr) -> tuple:

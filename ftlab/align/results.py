@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ftlab.sweep import RESULTS_DIR, check_writable, git_commit
+from ftlab.sweep import RESULTS_DIR, append_rows, check_writable, git_commit
 from ftlab.zoo import DATA_DIR, file_sha256
 
 COLUMNS = ["setting", "seed", "iteration", "metric", "value", "seconds"]
@@ -91,24 +91,11 @@ def add_run(name: str, rows: list[dict], samples, out: str | Path = RESULTS_DIR)
     """Append one run's ``rows`` (dicts with ``COLUMNS``) to the CSV and its ``samples`` to the JSON under
     ``samples[setting][seed]``."""
     csv_path, json_path = results_paths(name, out)
-    append_rows_of(csv_path, rows)
+    append_rows(csv_path, rows, COLUMNS)
     stored = json.loads(json_path.read_text())
     setting, seed = rows[0]["setting"], str(rows[0]["seed"])
     stored.setdefault("samples", {}).setdefault(setting, {})[seed] = samples
     json_path.write_text(json.dumps(stored, indent=1) + "\n")
-
-
-def append_rows_of(csv_path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to ``csv_path`` as ``ftlab.sweep.append_rows`` does, with this module's ``COLUMNS``."""
-    import csv
-
-    new = not csv_path.exists()
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows([{c: row[c] for c in COLUMNS} for row in rows])
 
 
 def done_runs(rows: pd.DataFrame) -> set[tuple[str, int]]:
