@@ -397,13 +397,16 @@ def plot_ppo(histories: dict[str, dict]):
         color = f"C{k % 10}"
         axes[0].plot(history["eval_kl"], history["eval_reward"], "o-", color=color, label=label)
         for it, kl, reward in zip(history["eval_iteration"], history["eval_kl"], history["eval_reward"]):
+            if it == 0 and k > 0:  # every run starts at the reference model: one label for the shared point
+                continue
             axes[0].annotate(str(it), (kl, reward), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                             color=color)
+                             color="black" if it == 0 else color)
         axes[1].plot(history["iteration"], history["clip_frac"], "o-", markersize=3, color=color, label=label)
         axes[2].plot(history["iteration"], history["entropy"], "o-", markersize=3, color=color, label=label)
     axes[0].set_xlabel("KL(policy || reference), nats per response")
     axes[0].set_ylabel("mean reward (held-out prompts)")
     axes[0].set_title("reward vs KL (labels: iteration)", fontsize=10)
+    axes[0].margins(x=0.12, y=0.12)  # room for the labels of the last points
     axes[1].set_xlabel("iteration")
     axes[1].set_ylabel("clip fraction")
     axes[2].set_xlabel("iteration")
