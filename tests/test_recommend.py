@@ -108,6 +108,14 @@ def test_without_reference_results_the_quality_is_not_invented(tmp_path):
     assert all("no measured results for image tasks yet" in r for r in table["reasons"])
 
 
+def test_by_default_every_method_of_ftlab_is_considered_and_each_row_says_why(tmp_path):
+    from ftlab.methods import available
+
+    table = recommend("gpt2", 16, 100, results=tmp_path)
+    assert sorted(table["method"]) == sorted(available())  # DoRA, LoHa, LoKr too: none left out silently
+    assert table["reasons"].str.len().gt(0).all()
+
+
 def test_bad_input_errors_say_what_would_be_right(results_dir, tmp_path):
     with pytest.raises(ValueError, match="gpu_memory_gb must be greater than 0"):
         recommend("gpt2", 0, 100, results=results_dir)
