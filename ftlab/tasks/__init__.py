@@ -43,7 +43,7 @@ def split_sizes(sizes: dict | None, defaults: dict[str, int], unit: str = "examp
         if split not in defaults:
             raise ValueError(f"unknown split {split!r}; splits are {list(defaults)}")
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"split {split!r} needs a positive whole number of {unit}, got {n!r}")
+            raise ValueError(f"split {split!r} needs a positive number of {unit} (a whole number), got {n!r}")
     return sizes
 
 
