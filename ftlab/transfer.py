@@ -26,21 +26,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ftlab import sweep
 from ftlab.compare import check_seeds
 from ftlab.compare import summarize as summarize_runs
 from ftlab.config import mode, seed_everything
 from ftlab.measure import count_parameters
 from ftlab.methods.freeze import discriminative_param_groups, freeze_to, gradual_unfreezing
 from ftlab.progress import progress as progress_bar
-from ftlab.sweep import (
-    RESULTS_DIR,
-    check_writable,
-    checkpoint_hashes,
-    load_results_file,
-    open_results_file,
-    provenance_problems,
-    record_provenance,
-)
 from ftlab.tasks.images import image_loader, make_digits
 from ftlab.train import evaluate, fit
 from ftlab.validate import check_choice
@@ -262,7 +254,7 @@ def compare_freezing(recipes=None, seeds=(0, 1, 2), *, labels_per_class: int | N
 # and ships the rows with their provenance; notebook 02 loads them and runs one seed live against their spread.
 # The folder is apart from data/results/*.csv, whose rows are methods of ftlab.compare (ftlab.sweep's schema).
 
-FREEZING_RESULTS = RESULTS_DIR / "freezing" / "freezing_digits.csv"
+FREEZING_RESULTS = sweep.RESULTS_DIR / "freezing" / "freezing_digits.csv"
 FREEZING_BUDGET = {"num_steps": 60, "lr": 1e-3, "batch_size": 32, "labels_per_class": None}  # the classroom budget
 FREEZING_FAST_BUDGET = {"num_steps": 2, "lr": 1e-3, "batch_size": 8, "labels_per_class": 2}
 FREEZING_COLUMNS = ["method", "seed", "num_steps", "lr", "labels_per_class", "trainable at start", "trainable",
@@ -295,13 +287,13 @@ def write_freezing_results(seeds=(0, 1, 2, 3, 4), *, path: str | Path = FREEZING
         raise ValueError(f"FAST mode (FTLAB_FAST=1) must not write the reference results {FREEZING_RESULTS.name}: "
                          f"pass another path, or unset FTLAB_FAST")
     json_path = path.with_suffix(".json")
-    settings, checkpoints = freezing_settings(), checkpoint_hashes("digits")
-    rows = open_results_file(path, json_path, FREEZING_COLUMNS, settings, checkpoints, "check_freezing_results")
-    check_writable([path, json_path])
+    settings, checkpoints = freezing_settings(), sweep.checkpoint_hashes("digits")
+    rows = sweep.open_results_file(path, json_path, FREEZING_COLUMNS, settings, checkpoints, "check_freezing_results")
+    sweep.check_writable([path, json_path])
     done = set(rows["seed"])
     new = {"file": path.name, "columns": FREEZING_COLUMNS, "settings": settings, "checkpoints": checkpoints,
            "commands": []}
-    record_provenance(json_path, new, command or f"ftlab.transfer.write_freezing_results(seeds={seeds!r})")
+    sweep.record_provenance(json_path, new, command or f"ftlab.transfer.write_freezing_results(seeds={seeds!r})")
     budget = {k: settings[k] for k in FREEZING_BUDGET}
     for seed in [s for s in seeds if s not in done]:
         rows = compare_freezing(seeds=[seed], **budget).assign(num_steps=budget["num_steps"], lr=budget["lr"],
@@ -317,7 +309,7 @@ def load_freezing_results(path: str | Path = FREEZING_RESULTS) -> pd.DataFrame:
     """The rows of a freezing results file (``compare_freezing``'s columns, one row per recipe and seed), with its
     provenance in ``df.attrs["provenance"]``. A missing file raises FileNotFoundError naming the command."""
     path = Path(path)
-    return load_results_file(path, path.with_suffix(".json"), "make them with python tools/freezing_results.py")
+    return sweep.load_results_file(path, path.with_suffix(".json"), "make them with python tools/freezing_results.py")
 
 
 def check_freezing_results(path: str | Path = FREEZING_RESULTS) -> list[str]:
@@ -326,7 +318,7 @@ def check_freezing_results(path: str | Path = FREEZING_RESULTS) -> list[str]:
     one sentence each (empty: the file is current)."""
     path = Path(path)
     stored = json.loads(path.with_suffix(".json").read_text())
-    problems = provenance_problems(stored, freezing_settings("classroom"), checkpoint_hashes("digits"))
+    problems = sweep.provenance_problems(stored, freezing_settings("classroom"), sweep.checkpoint_hashes("digits"))
     rows = pd.read_csv(path)
     if list(rows.columns) != FREEZING_COLUMNS:
         return problems + [f"{path.name}: columns {list(rows.columns)}, expected {FREEZING_COLUMNS}"]
