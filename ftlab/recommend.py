@@ -309,7 +309,9 @@ def reasons(method: str, row: dict, fits: bool, gpu_memory_gb: float, budget: fl
                      f"{num_tasks} task{'s' * (num_tasks > 1)}: {_size(shared + num_tasks * per_task_bytes)}.")
         if switch_tasks_at_serving:
             words.append("Switches tasks at serving time by swapping the small per-task part on one base model.")
-    if math.isnan(difference):
+    if method == "full":
+        words.append("Quality: the reference the other rows are compared with.")
+    elif math.isnan(difference):
         words.append(f"Quality: not measured here ({evidence}).")
     elif abs(difference) <= spread:
         words.append(f"Quality: within noise of full fine-tuning ({difference:+.3f}, spread {spread:.3f}; "
