@@ -1416,7 +1416,7 @@ def check_dpo_loss(call) -> Problem | None:
 
 
 @exercise("memory of a training step from parameter counts", task="the memory of a training step",
-          where="notebook 13, section 4: every parameter is stored, trainable or not; only trainable ones get a "
+          where="notebook 13, section 5: every parameter is stored, trainable or not; only trainable ones get a "
                 "gradient and AdamW's moments; float32 is 4 bytes",
           sketch="{'weights': ___ * total, 'gradients': ___ * trainable, 'optimizer_state': ___ * trainable}")
 def check_step_memory(call) -> Problem | None:
@@ -1435,8 +1435,9 @@ def check_step_memory(call) -> Problem | None:
         if not isinstance(got, dict) or set(got) != set(want):
             return Problem(f"{case}: expected a dict with keys {sorted(want)}, got {got!r:.100}",
                            "return {'weights': ..., 'gradients': ..., 'optimizer_state': ...}")
-        if any(not is_whole(v) for v in got.values()):
-            return Problem(f"{case}: the byte counts should be whole numbers (int), got {got}")
+        if any(not isinstance(v, numbers.Real) or isinstance(v, bool) or v != int(v) for v in got.values()):
+            return Problem(f"{case}: the byte counts should be whole numbers, got {got}")  # 4.0 * total is fine
+        got = {key: int(value) for key, value in got.items()}
         if got == want:
             continue
         if got["weights"] != want["weights"]:

@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
 import json
 import math
 import random
@@ -743,7 +742,15 @@ def sweep_continual(sequence: str = "digits", *, settings=SETTINGS, seeds=(0, 1,
     ``ftlab.sweep`` records it. Rows are appended as runs finish and runs already in the file are skipped, so an
     interrupted command picks up where it stopped. Returns every row of the file.
     """
-    from ftlab.sweep import RESULTS_DIR, append_rows, check_writable, checkpoint_hashes, git_commit
+    from ftlab.sweep import (
+        RESULTS_DIR,
+        append_rows,
+        check_writable,
+        checkpoint_hashes,
+        open_results_file,
+        record_provenance,
+        refuse_fast_writes,
+    )
 
     settings = [settings] if isinstance(settings, str) else list(settings)
     for setting in settings:
@@ -757,36 +764,20 @@ def sweep_continual(sequence: str = "digits", *, settings=SETTINGS, seeds=(0, 1,
     for size in buffer_sizes:
         check_positive_int("buffer_size", size)
     out = Path(RESULTS_DIR if out is None else out)
-    if mode() == "FAST" and out.resolve() == Path(RESULTS_DIR).resolve():
-        raise ValueError("FAST mode (FTLAB_FAST=1) must not write the reference results in data/results: pass another "
-                         "out folder, or unset FTLAB_FAST")
+    refuse_fast_writes(out)
     csv_path, json_path = sweep_paths(sequence, out)
     check_writable([csv_path, json_path])
     checkpoints = checkpoint_hashes("digits" if sequence == "digits" else "sentiment")
-    stored = {"file": csv_path.name, "columns": SWEEP_COLUMNS, "settings": sweep_settings(sequence),
-              "checkpoints": checkpoints, "grid": {"ewc_lambda": [], "buffer_size": []}, "commands": []}
-    if json_path.exists():
-        found = json.loads(json_path.read_text())
-        if found.get("settings") != stored["settings"] or found.get("checkpoints") != checkpoints:
-            raise ValueError(f"{json_path} was made with other settings or checkpoints than the current ones (see "
-                             f"check_sweep); move {csv_path.name} and {json_path.name} away to start afresh")
-        stored = found
-    done = set()
-    if csv_path.exists():
-        rows = pd.read_csv(csv_path)
-        if list(rows.columns) != SWEEP_COLUMNS:
-            raise ValueError(f"{csv_path} has columns {list(rows.columns)}, expected {SWEEP_COLUMNS}")
-        done = {_row_key(row) for row in rows.to_dict("records")}
+    rows = open_results_file(csv_path, json_path, SWEEP_COLUMNS, sweep_settings(sequence), checkpoints, "check_sweep")
+    done = {_row_key(row) for row in rows.to_dict("records")}
     command = command or (f"ftlab.continual.sweep_continual({sequence!r}, settings={settings!r}, seeds={seeds!r}, "
                           f"ewc_lambdas={ewc_lambdas!r}, buffer_sizes={buffer_sizes!r})")
-    stored["commands"].append({"command": command, "ftlab_commit": git_commit(), "torch": torch.__version__,
-                               "torch_threads": torch.get_num_threads(),
-                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    for name, values in (("ewc_lambda", ewc_lambdas), ("buffer_size", buffer_sizes)):
-        stored["grid"][name] = sorted(set(stored["grid"][name]) | {float(v) if name == "ewc_lambda" else v
-                                                                    for v in values})
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(stored, indent=1) + "\n")
+    tried = json.loads(json_path.read_text())["grid"] if json_path.exists() else {"ewc_lambda": [], "buffer_size": []}
+    tried = {"ewc_lambda": sorted(set(tried["ewc_lambda"]) | {float(v) for v in ewc_lambdas}),
+             "buffer_size": sorted(set(tried["buffer_size"]) | set(buffer_sizes))}
+    new = {"file": csv_path.name, "columns": SWEEP_COLUMNS, "settings": sweep_settings(sequence),
+           "checkpoints": checkpoints, "grid": tried, "commands": []}
+    record_provenance(json_path, new, command, {"grid": tried})
     for seed in seeds:
         for setting in settings:
             for labels, strategy in sweep_runs(sequence, setting, ewc_lambdas, buffer_sizes):
@@ -805,35 +796,23 @@ def sweep_continual(sequence: str = "digits", *, settings=SETTINGS, seeds=(0, 1,
 def load_sweep(sequence: str = "digits", out: str | Path | None = None) -> pd.DataFrame:
     """The rows of ``out/continual_<sequence>.csv`` (default ``data/results``), provenance in
     ``df.attrs["provenance"]``. A missing file raises FileNotFoundError naming the command that makes it."""
-    from ftlab.sweep import RESULTS_DIR
+    from ftlab.sweep import RESULTS_DIR, load_results_file
 
     csv_path, json_path = sweep_paths(sequence, RESULTS_DIR if out is None else out)
-    if not csv_path.exists() or not json_path.exists():
-        raise FileNotFoundError(f"no reference results {csv_path.name} in {csv_path.parent}: make them with "
-                                f"python -m ftlab.continual --sequence {sequence} (see --help)")
-    rows = pd.read_csv(csv_path)
-    rows.attrs["provenance"] = json.loads(json_path.read_text())
-    return rows
+    return load_results_file(csv_path, json_path, f"make them with python -m ftlab.continual --sequence {sequence} "
+                                                  f"(see --help)")
 
 
 def check_sweep(json_path: str | Path) -> list[str]:
     """What no longer matches between a shipped sweep file (its ``.json`` and ``.csv``) and the code: the
     checkpoint's SHA-256, ``sweep_settings`` in classroom mode, the columns. Empty: the file is current."""
-    from ftlab.sweep import checkpoint_hashes
+    from ftlab.sweep import checkpoint_hashes, provenance_problems
 
     json_path = Path(json_path)
     stored = json.loads(json_path.read_text())
     sequence = stored["settings"]["sequence"]
-    problems = []
-    current = checkpoint_hashes("digits" if sequence == "digits" else "sentiment")
-    for name in sorted(set(current) | set(stored["checkpoints"])):
-        if stored["checkpoints"].get(name) != current.get(name):
-            problems.append(f"checkpoint {name}: made with SHA-256 {stored['checkpoints'].get(name)}, "
-                            f"now {current.get(name)}")
-    settings = sweep_settings(sequence, "classroom")
-    for name in sorted(set(settings) | set(stored["settings"])):
-        if stored["settings"].get(name) != settings.get(name):
-            problems.append(f"setting {name!r}: made with {stored['settings'].get(name)!r}, now {settings.get(name)!r}")
+    problems = provenance_problems(stored, sweep_settings(sequence, "classroom"),
+                                   checkpoint_hashes("digits" if sequence == "digits" else "sentiment"))
     rows = pd.read_csv(json_path.with_suffix(".csv"))
     if list(rows.columns) != SWEEP_COLUMNS:
         problems.append(f"{json_path.with_suffix('.csv').name}: columns {list(rows.columns)}, expected {SWEEP_COLUMNS}")

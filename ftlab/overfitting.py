@@ -31,20 +31,28 @@ grid's means. Rows are appended as runs finish; a command run again skips the ru
 from __future__ import annotations
 
 import copy
-import datetime
 import functools
 import json
 import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from ftlab.compare import METHOD_OPTIONS, apply_method, check_seeds, load_task_model, task_data, verdict
 from ftlab.config import mode, pick, seed_everything
 from ftlab.measure import count_parameters
 from ftlab.progress import progress as progress_bar
-from ftlab.sweep import COLUMNS, RESULTS_DIR, check_writable, checkpoint_hashes, git_commit
+from ftlab.sweep import (
+    COLUMNS,
+    RESULTS_DIR,
+    check_writable,
+    checkpoint_hashes,
+    load_results_file,
+    open_results_file,
+    provenance_problems,
+    record_provenance,
+    refuse_fast_writes,
+)
 from ftlab.tasks.images import image_loader, make_digits
 from ftlab.train import evaluate, fit
 from ftlab.transfer import FREEZE_RECIPES
@@ -180,34 +188,17 @@ def _open(name: str, out: str | Path, settings: dict, tasks) -> pd.DataFrame:
     """The rows already in the file (none if new); refuse a file made with other settings or checkpoints."""
     csv_path, json_path = results_paths(name, out)
     check_writable([csv_path, json_path])
-    if mode() == "FAST" and Path(out).resolve() == RESULTS_DIR.resolve():
-        raise ValueError("FAST mode (FTLAB_FAST=1) must not write the reference results in data/results: pass "
-                         "another out folder, or unset FTLAB_FAST")
-    if json_path.exists():
-        stored = json.loads(json_path.read_text())
-        if stored.get("settings") != settings or stored.get("checkpoints") != _checkpoints(tasks):
-            raise ValueError(f"{json_path} was made with other settings or checkpoints than these; move "
-                             f"{csv_path.name} and {json_path.name} away to start afresh")
-    if not csv_path.exists():
-        return pd.DataFrame(columns=ALL_COLUMNS)
-    rows = pd.read_csv(csv_path)
-    if list(rows.columns) != ALL_COLUMNS:
-        raise ValueError(f"{csv_path} has columns {list(rows.columns)}, expected {ALL_COLUMNS}")
-    return rows
+    refuse_fast_writes(out)
+    return open_results_file(csv_path, json_path, ALL_COLUMNS, settings, _checkpoints(tasks),
+                             "ftlab.overfitting.check_results")
 
 
 def _record(name: str, out: str | Path, settings: dict, tasks, command: str, extra: dict | None = None) -> None:
     """Add ``command`` to the provenance file (created if new), with ``extra`` entries."""
     _, json_path = results_paths(name, out)
-    stored = json.loads(json_path.read_text()) if json_path.exists() else {
-        "file": f"overfitting_{name}.csv", "columns": ALL_COLUMNS, "settings": settings,
-        "checkpoints": _checkpoints(tasks), "commands": []}
-    stored["commands"].append({"command": command, "ftlab_commit": git_commit(), "torch": torch.__version__,
-                               "torch_threads": torch.get_num_threads(),
-                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    stored.update(extra or {})
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(stored, indent=1) + "\n")
+    new = {"file": f"overfitting_{name}.csv", "columns": ALL_COLUMNS, "settings": settings,
+           "checkpoints": _checkpoints(tasks), "commands": []}
+    record_provenance(json_path, new, command, extra)
 
 
 def _key(row: dict) -> tuple:
@@ -304,12 +295,9 @@ def load_results(name: str = "digits", out: str | Path = RESULTS_DIR) -> pd.Data
     ``df.attrs["provenance"]`` (for ``"digits"`` it holds the chosen ``learning_rates``), as
     ``ftlab.sweep.load_results``. A missing file raises FileNotFoundError naming the command that makes it."""
     csv_path, json_path = results_paths(name, out)
-    if not csv_path.exists() or not json_path.exists():
-        raise FileNotFoundError(f"no reference results {csv_path}: make them with python tools/overfitting.py "
-                                f"{'freezing' if name == 'digits' else name} (about 30 CPU-minutes for both parts)")
-    rows = pd.read_csv(csv_path)
-    rows.attrs["provenance"] = json.loads(json_path.read_text())
-    return rows
+    return load_results_file(csv_path, json_path, f"make them with python tools/overfitting.py "
+                                                  f"{'freezing' if name == 'digits' else name} (about 30 CPU-minutes "
+                                                  f"for both parts)")
 
 
 def check_results(json_path: str | Path) -> list[str]:
@@ -328,14 +316,7 @@ def check_results(json_path: str | Path) -> list[str]:
                                       SENTIMENT_STEPS)
         settings["digits"]["eval_every"] = EVAL_EVERY
     settings["mode"] = "classroom"
-    problems, current = [], _checkpoints(tasks)
-    for name in sorted(set(current) | set(stored["checkpoints"])):
-        if stored["checkpoints"].get(name) != current.get(name):
-            problems.append(f"checkpoint {name}: made with SHA-256 {stored['checkpoints'].get(name)}, "
-                            f"now {current.get(name)}")
-    for name in sorted(set(settings) | set(stored["settings"])):
-        if stored["settings"].get(name) != settings.get(name):
-            problems.append(f"setting {name!r}: made with {stored['settings'].get(name)!r}, now {settings.get(name)!r}")
+    problems = provenance_problems(stored, settings, _checkpoints(tasks))
     rows = pd.read_csv(json_path.with_suffix(".csv"))
     if list(rows.columns) != ALL_COLUMNS:
         return problems + [f"{json_path.with_suffix('.csv').name}: columns {list(rows.columns)}, "

@@ -36,7 +36,6 @@ from ftlab.zoo import DATA_DIR
 GIB, MIB = 2**30, 2**20
 RESULTS_DIR = DATA_DIR / "results"
 RESULT_COLUMNS = ["task", "method", "seed", "train_examples", "labels_per_class", "metric", "value"]
-DEFAULT_METHODS = ("full", "freeze", "bitfit", "adapter", "lora", "qlora", "ia3", "prefix", "prompt")
 # Settings tried in order, each cheaper in memory than the one before and each costing something:
 # (precision, gradient checkpointing, halve the batch). Checkpointing recomputes the forward pass (about a
 # third more compute); a smaller batch with gradient accumulation gives the same update, more slowly;
@@ -202,7 +201,7 @@ def _size(num_bytes: float, unit: str = "GiB") -> str:
 
 def recommend(model, gpu_memory_gb: float, num_examples: int, num_tasks: int = 1,
               switch_tasks_at_serving: bool = False, *, labels_per_class: int | None = None, batch_size: int = 8,
-              seq_len: int = 512, image_size: int = 224, methods=DEFAULT_METHODS, results=None,
+              seq_len: int = 512, image_size: int = 224, methods=None, results=None,
               task: str | None = None, headroom: float = 0.1) -> pd.DataFrame:
     """A table of fine-tuning methods for ``model`` on a GPU of ``gpu_memory_gb`` GiB, best first.
 
@@ -212,7 +211,8 @@ def recommend(model, gpu_memory_gb: float, num_examples: int, num_tasks: int = 1
     tasks share one base model; ``switch_tasks_at_serving``: several tasks must be served by one
     deployment. ``batch_size``, ``seq_len`` (text) or ``image_size`` (images) describe a step;
     ``results``: reference results (``load_results``), ``task`` restricts them to one task;
-    ``headroom``: the fraction of the GPU kept free for what the estimate leaves out.
+    ``headroom``: the fraction of the GPU kept free for what the estimate leaves out; ``methods``:
+    the methods to consider (default: every method ftlab has, ``ftlab.methods.available()``).
 
     Columns: ``method``, ``fits``, ``precision``, ``gradient_checkpointing``, ``batch_size`` (the
     cheapest setting that fits, else the last one tried), ``memory_gib``, ``trainable_parameters``,
@@ -228,6 +228,7 @@ def recommend(model, gpu_memory_gb: float, num_examples: int, num_tasks: int = 1
     headroom = check_number("headroom", headroom, minimum=0, maximum=0.9)
     if switch_tasks_at_serving not in (True, False):
         raise ValueError(f"switch_tasks_at_serving must be True or False, got {switch_tasks_at_serving!r}")
+    methods = available() if methods is None else methods
     unknown = [m for m in methods if m not in available()]
     if isinstance(methods, str) or unknown:
         raise ValueError(f"methods must be a list of method names from {', '.join(available())}; unknown: "
@@ -308,7 +309,9 @@ def reasons(method: str, row: dict, fits: bool, gpu_memory_gb: float, budget: fl
                      f"{num_tasks} task{'s' * (num_tasks > 1)}: {_size(shared + num_tasks * per_task_bytes)}.")
         if switch_tasks_at_serving:
             words.append("Switches tasks at serving time by swapping the small per-task part on one base model.")
-    if math.isnan(difference):
+    if method == "full":
+        words.append("Quality: the reference the other rows are compared with.")
+    elif math.isnan(difference):
         words.append(f"Quality: not measured here ({evidence}).")
     elif abs(difference) <= spread:
         words.append(f"Quality: within noise of full fine-tuning ({difference:+.3f}, spread {spread:.3f}; "

@@ -50,6 +50,17 @@ def _check_runs(methods: Sequence[str] | None, known: dict[str, dict], seeds: Se
     return labels
 
 
+def _each_run(labels: list[str], known: dict[str, dict], seeds: Sequence[int], make_data):
+    """Every run of an experiment as ``(seed, label, options, data)``, seed by seed: ``make_data(seed)`` draws the
+    seed's data once for all its methods, and each run starts from ``seed_everything(seed)``, so a method's run does
+    not depend on which methods ran before it."""
+    for seed in seeds:
+        data = make_data(seed)
+        for label in labels:
+            seed_everything(seed)
+            yield seed, label, known[label], data
+
+
 def _apply(model, options: dict, head: list[str]):
     """``ftlab.apply`` with the method of ``options``; ``head`` trains in full (``full`` trains everything anyway,
     ``freeze`` keeps its top layer group, the head, trainable)."""
@@ -98,23 +109,19 @@ def qa_experiment(methods: Sequence[str] | None = None, *, seeds: Sequence[int] 
     batch_size = check_positive_int("batch_size", batch_size or pick(16, 4))
     sizes = sizes or pick({"train": 2000, "validation": 8, "test": 200}, {"train": 16, "validation": 4, "test": 8})
     rows = []
-    for seed in seeds:
-        data = make_qa(seed, sizes)
-        for label in labels:
-            options = QA_METHODS[label]
-            seed_everything(seed)
-            model, tokenizer = load_span_qa(pretrained=options.get("pretrained", True), seed=seed)
-            model = _apply(model, options, ["qa_outputs"])
-            train = qa_loader(data["train"], tokenizer, batch_size=batch_size, shuffle=True, seed=seed)
-            start, cpu = time.perf_counter(), time.process_time()
-            fit(model, train, num_steps=num_steps, lr=options["lr"], progress=progress)
-            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-            scores = evaluate_qa(model, tokenizer, data["test"])
-            counts = count_parameters(model)
-            rows.append({"task": "qa", "method": label, "seed": seed, "num_steps": num_steps,
-                         "batch_size": batch_size, "lr": options["lr"], "exact match": scores.pop("exact_match"),
-                         "f1": scores.pop("f1"), **scores, "trainable": counts["trainable"],
-                         "total": counts["total"], "seconds": seconds, "cpu seconds": cpu})
+    for seed, label, options, data in _each_run(labels, QA_METHODS, seeds, lambda seed: make_qa(seed, sizes)):
+        model, tokenizer = load_span_qa(pretrained=options.get("pretrained", True), seed=seed)
+        model = _apply(model, options, ["qa_outputs"])
+        train = qa_loader(data["train"], tokenizer, batch_size=batch_size, shuffle=True, seed=seed)
+        start, cpu = time.perf_counter(), time.process_time()
+        fit(model, train, num_steps=num_steps, lr=options["lr"], progress=progress)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        scores = evaluate_qa(model, tokenizer, data["test"])
+        counts = count_parameters(model)
+        rows.append({"task": "qa", "method": label, "seed": seed, "num_steps": num_steps,
+                     "batch_size": batch_size, "lr": options["lr"], "exact match": scores.pop("exact_match"),
+                     "f1": scores.pop("f1"), **scores, "trainable": counts["trainable"],
+                     "total": counts["total"], "seconds": seconds, "cpu seconds": cpu})
     return pd.DataFrame(rows)
 
 
@@ -188,26 +195,24 @@ def domain_pretraining_experiment(methods: Sequence[str] | None = None, *, seeds
     num_eval = check_positive_int("num_eval", num_eval or pick(50, 4))
     general = general_test_documents()[:num_eval]
     rows = []
-    for seed in seeds:
-        corpus = make_domain_corpus(seed, sizes=pick(None, {"train": 40, "validation": 2, "test": num_eval}))
+    sizes = pick(None, {"train": 40, "validation": 2, "test": num_eval})
+    for seed, label, options, corpus in _each_run(labels, DOMAIN_METHODS, seeds,
+                                                  lambda seed: make_domain_corpus(seed, sizes=sizes)):
         domain = corpus["test"][:num_eval]
-        for label in labels:
-            options = DOMAIN_METHODS[label]
-            seed_everything(seed)
-            model, tokenizer = load_gpt2()
-            before = _language_scores(model, tokenizer, domain, general)
-            start, cpu = time.perf_counter(), time.process_time()
-            model = continue_pretraining(model, tokenizer, corpus["train"], options, num_steps=num_steps,
-                                         batch_size=batch_size, block_size=block_size, seed=seed, progress=progress)
-            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-            after = _language_scores(model, tokenizer, domain, general)
-            counts = count_parameters(model)
-            rows.append({"task": "domain lm", "method": label, "seed": seed, "num_steps": num_steps,
-                         "batch_size": batch_size, "block_size": block_size, "lr": options["lr"],
-                         **{f"{name} before": value for name, value in before.items()},
-                         **{f"{name} after": value for name, value in after.items()},
-                         "trainable": counts["trainable"], "total": counts["total"], "seconds": seconds,
-                         "cpu seconds": cpu})
+        model, tokenizer = load_gpt2()
+        before = _language_scores(model, tokenizer, domain, general)
+        start, cpu = time.perf_counter(), time.process_time()
+        model = continue_pretraining(model, tokenizer, corpus["train"], options, num_steps=num_steps,
+                                     batch_size=batch_size, block_size=block_size, seed=seed, progress=progress)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        after = _language_scores(model, tokenizer, domain, general)
+        counts = count_parameters(model)
+        rows.append({"task": "domain lm", "method": label, "seed": seed, "num_steps": num_steps,
+                     "batch_size": batch_size, "block_size": block_size, "lr": options["lr"],
+                     **{f"{name} before": value for name, value in before.items()},
+                     **{f"{name} after": value for name, value in after.items()},
+                     "trainable": counts["trainable"], "total": counts["total"], "seconds": seconds,
+                     "cpu seconds": cpu})
     return pd.DataFrame(rows)
 
 
@@ -243,25 +248,20 @@ def boxes_experiment(methods: Sequence[str] | None = None, *, labels_per_class: 
     batch_size = check_positive_int("batch_size", batch_size or pick(32, 4))
     rows = []
     for k in counts_per_class:
-        for seed in seeds:
-            data = make_boxes(k, seed=seed)
+        for seed, label, options, data in _each_run(labels, BOX_METHODS, seeds, functools.partial(make_boxes, k)):
             test = Subset(data["test"], range(pick(len(data["test"]), 8)))
-            for label in labels:
-                options = BOX_METHODS[label]
-                seed_everything(seed)
-                model = box_model("glyphs" if options.get("pretrained", True) else "scratch", seed=seed)
-                model = _apply(model, options, ["fc"])
-                train = box_loader(data["train"], batch_size=min(batch_size, len(data["train"])), shuffle=True,
-                                   seed=seed)
-                start, cpu = time.perf_counter(), time.process_time()
-                fit(model, train, num_steps=num_steps, lr=options["lr"], loss_fn=box_loss, progress=progress)
-                seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-                scores = evaluate_boxes(model, test)
-                counts = count_parameters(model)
-                rows.append({"task": "boxes", "method": label, "labels_per_class": k, "seed": seed,
-                             "num_steps": num_steps, "batch_size": batch_size, "lr": options["lr"], **scores,
-                             "trainable": counts["trainable"], "total": counts["total"], "seconds": seconds,
-                             "cpu seconds": cpu})
+            model = box_model("glyphs" if options.get("pretrained", True) else "scratch", seed=seed)
+            model = _apply(model, options, ["fc"])
+            train = box_loader(data["train"], batch_size=min(batch_size, len(data["train"])), shuffle=True, seed=seed)
+            start, cpu = time.perf_counter(), time.process_time()
+            fit(model, train, num_steps=num_steps, lr=options["lr"], loss_fn=box_loss, progress=progress)
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            scores = evaluate_boxes(model, test)
+            counts = count_parameters(model)
+            rows.append({"task": "boxes", "method": label, "labels_per_class": k, "seed": seed,
+                         "num_steps": num_steps, "batch_size": batch_size, "lr": options["lr"], **scores,
+                         "trainable": counts["trainable"], "total": counts["total"], "seconds": seconds,
+                         "cpu seconds": cpu})
     return pd.DataFrame(rows)
 
 
@@ -361,29 +361,27 @@ def translation_experiment(methods: Sequence[str] | None = None, *, seeds: Seque
     batch_size = check_positive_int("batch_size", batch_size or pick(16, 2))
     num_test = check_positive_int("num_test", num_test or pick(300, 4))
     rows = []
-    for seed in seeds:
-        data = make_translation(seed, sizes=pick(None, {"train": 20, "validation": 2, "test": num_test}))
+    sizes = pick(None, {"train": 20, "validation": 2, "test": num_test})
+    for seed, label, options, data in _each_run(labels, TRANSLATION_METHODS, seeds,
+                                                lambda seed: make_translation(seed, sizes=sizes)):
         test = data["test"][:num_test]
-        for label in labels:
-            options = TRANSLATION_METHODS[label]
-            seed_everything(seed)
-            model, tokenizer = load_gpt2("tiny" if options.get("pretrained", True) else "scratch", seed=seed)
-            model = _apply(model, options, [])
-            start, cpu = time.perf_counter(), time.process_time()
-            train_sft(model, tokenizer, data["train"], num_steps=num_steps, lr=options["lr"], batch_size=batch_size,
-                      seed=seed, warmup_steps=max(1, num_steps // 20), progress=progress)
-            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-            predictions = generate(model, tokenizer, [e["prompt"] for e in test], max_new_tokens=32)
-            scores = translation_scores(predictions, [e["answer"] for e in test])
-            per_kind = {}
-            for kind in KINDS:
-                pairs = [(p, e["answer"]) for p, e in zip(predictions, test) if e["kind"] == kind]
-                if pairs:
-                    kind_scores = translation_scores(*zip(*pairs))
-                    per_kind.update({f"em {kind}": kind_scores["exact_match"], f"chrf {kind}": kind_scores["chrf"]})
-            counts = count_parameters(model)
-            rows.append({"task": "translation", "method": label, "seed": seed, "num_steps": num_steps,
-                         "batch_size": batch_size, "lr": options["lr"], "exact match": scores["exact_match"],
-                         "chrf": scores["chrf"], **per_kind, "trainable": counts["trainable"],
-                         "total": counts["total"], "seconds": seconds, "cpu seconds": cpu})
+        model, tokenizer = load_gpt2("tiny" if options.get("pretrained", True) else "scratch", seed=seed)
+        model = _apply(model, options, [])
+        start, cpu = time.perf_counter(), time.process_time()
+        train_sft(model, tokenizer, data["train"], num_steps=num_steps, lr=options["lr"], batch_size=batch_size,
+                  seed=seed, warmup_steps=max(1, num_steps // 20), progress=progress)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        predictions = generate(model, tokenizer, [e["prompt"] for e in test], max_new_tokens=32)
+        scores = translation_scores(predictions, [e["answer"] for e in test])
+        per_kind = {}
+        for kind in KINDS:
+            pairs = [(p, e["answer"]) for p, e in zip(predictions, test) if e["kind"] == kind]
+            if pairs:
+                kind_scores = translation_scores(*zip(*pairs))
+                per_kind.update({f"em {kind}": kind_scores["exact_match"], f"chrf {kind}": kind_scores["chrf"]})
+        counts = count_parameters(model)
+        rows.append({"task": "translation", "method": label, "seed": seed, "num_steps": num_steps,
+                     "batch_size": batch_size, "lr": options["lr"], "exact match": scores["exact_match"],
+                     "chrf": scores["chrf"], **per_kind, "trainable": counts["trainable"],
+                     "total": counts["total"], "seconds": seconds, "cpu seconds": cpu})
     return pd.DataFrame(rows)

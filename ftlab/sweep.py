@@ -162,7 +162,9 @@ def check_writable(paths: list[str | Path]) -> None:
             raise ValueError(f"cannot create files in {parent} ({err.strerror}); choose another --out") from err
 
 
-def _refuse_fast_defaults(out, rates_file=None) -> None:
+def refuse_fast_writes(out: str | Path, rates_file: str | Path | None = None) -> None:
+    """A FAST-mode run (tiny settings) must not write into the shipped ``data/results`` (nor replace the shipped
+    learning rates with ``rates_file``): raise ValueError."""
     if mode() != "FAST":
         return
     if Path(out).resolve() == RESULTS_DIR.resolve():
@@ -173,29 +175,30 @@ def _refuse_fast_defaults(out, rates_file=None) -> None:
                          f"rates file, or unset FTLAB_FAST")
 
 
-def open_results(kind: str, task: str, out: str | Path) -> pd.DataFrame:
-    """The rows already in ``out/<kind>_<task>.csv`` (none if new). Raises ValueError when the file was made
-    with other settings or checkpoints than the current ones, or has other columns than ``COLUMNS``."""
-    csv_path, json_path = results_paths(out, kind, task)
+def open_results_file(csv_path: Path, json_path: Path, columns: list[str], settings: dict, checkpoints: dict,
+                      checker: str) -> pd.DataFrame:
+    """The rows already in a results file ``csv_path`` (an empty table with ``columns`` if new), after checking its
+    provenance ``json_path``: a file made with other ``settings`` (compared as JSON stores them) or other
+    ``checkpoints`` (SHA-256 by file), or a CSV with other columns, raises ValueError, before anything is written,
+    naming ``checker``, the function that says what differs. Every results file of ftlab is opened this way."""
     if json_path.exists():
         stored = json.loads(json_path.read_text())
-        if stored.get("settings") != run_settings(kind, task) or stored.get("checkpoints") != checkpoint_hashes(task):
+        if stored.get("settings") != json.loads(json.dumps(settings)) or stored.get("checkpoints") != checkpoints:
             raise ValueError(f"{json_path} was made with other settings or checkpoints than the current ones "
-                             f"(see check_results); move {csv_path.name} and {json_path.name} away to start afresh")
+                             f"(see {checker}); move {csv_path.name} and {json_path.name} away to start afresh")
     if not csv_path.exists():
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=columns)
     rows = pd.read_csv(csv_path)
-    if list(rows.columns) != COLUMNS:
-        raise ValueError(f"{csv_path} has columns {list(rows.columns)}, expected {COLUMNS}")
+    if list(rows.columns) != columns:
+        raise ValueError(f"{csv_path} has columns {list(rows.columns)}, expected {columns}")
     return rows
 
 
-def record_command(kind: str, task: str, out: str | Path, command: str, extra: dict | None = None) -> dict:
-    """Add ``command`` to the provenance file ``out/<kind>_<task>.json`` (created if new) and return its content."""
-    _, json_path = results_paths(out, kind, task)
-    stored = json.loads(json_path.read_text()) if json_path.exists() else {
-        "file": f"{kind}_{task}.csv", "columns": COLUMNS, "settings": run_settings(kind, task),
-        "checkpoints": checkpoint_hashes(task), "commands": []}
+def record_provenance(json_path: Path, new: dict, command: str, extra: dict | None = None) -> dict:
+    """Add ``command`` (with ftlab's git commit, torch version and threads, date) to the provenance file
+    ``json_path``, which starts as ``new`` (with an empty ``"commands"`` list) when there is none yet; ``extra``
+    entries replace the stored ones. Writes the file and returns its content."""
+    stored = json.loads(json_path.read_text()) if json_path.exists() else new
     stored["commands"].append({"command": command, "ftlab_commit": git_commit(), "torch": torch.__version__,
                                "torch_threads": torch.get_num_threads(),
                                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
@@ -203,6 +206,47 @@ def record_command(kind: str, task: str, out: str | Path, command: str, extra: d
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(stored, indent=1) + "\n")
     return stored
+
+
+def provenance_problems(stored: dict, settings: dict, checkpoints: dict) -> list[str]:
+    """What differs between a results file's provenance ``stored`` and the current ``checkpoints`` (SHA-256 by
+    file) and ``settings``: one sentence per checkpoint or setting (empty: the file was made with the current ones).
+    Every ``check_...`` of a results file starts with it."""
+    problems = []
+    for name in sorted(set(checkpoints) | set(stored["checkpoints"])):
+        if stored["checkpoints"].get(name) != checkpoints.get(name):
+            problems.append(f"checkpoint {name}: made with SHA-256 {stored['checkpoints'].get(name)}, "
+                            f"now {checkpoints.get(name)}")
+    for name in sorted(set(settings) | set(stored["settings"])):
+        if stored["settings"].get(name) != settings.get(name):
+            problems.append(f"setting {name!r}: made with {stored['settings'].get(name)!r}, now {settings.get(name)!r}")
+    return problems
+
+
+def load_results_file(csv_path: Path, json_path: Path, how_to_make: str) -> pd.DataFrame:
+    """The rows of a results file ``csv_path`` with its provenance ``json_path`` in ``df.attrs["provenance"]``. A
+    missing file raises FileNotFoundError that says ``how_to_make`` it."""
+    if not csv_path.exists() or not json_path.exists():
+        raise FileNotFoundError(f"no reference results {csv_path}: {how_to_make}")
+    rows = pd.read_csv(csv_path)
+    rows.attrs["provenance"] = json.loads(json_path.read_text())
+    return rows
+
+
+def open_results(kind: str, task: str, out: str | Path) -> pd.DataFrame:
+    """The rows already in ``out/<kind>_<task>.csv`` (none if new). Raises ValueError when the file was made
+    with other settings or checkpoints than the current ones, or has other columns than ``COLUMNS``."""
+    csv_path, json_path = results_paths(out, kind, task)
+    return open_results_file(csv_path, json_path, COLUMNS, run_settings(kind, task), checkpoint_hashes(task),
+                             "check_results")
+
+
+def record_command(kind: str, task: str, out: str | Path, command: str, extra: dict | None = None) -> dict:
+    """Add ``command`` to the provenance file ``out/<kind>_<task>.json`` (created if new) and return its content."""
+    _, json_path = results_paths(out, kind, task)
+    new = {"file": f"{kind}_{task}.csv", "columns": COLUMNS, "settings": run_settings(kind, task),
+           "checkpoints": checkpoint_hashes(task), "commands": []}
+    return record_provenance(json_path, new, command, extra)
 
 
 def append_rows(csv_path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
@@ -333,7 +377,7 @@ def tune(task: str, methods="all", *, seeds=(0, 1, 2), out: str | Path = RESULTS
     kept). Returns ``{method: {"lr": chosen, "start": r0, "validation": {lr: mean}}}``.
     """
     seeds = check_seeds(seeds)
-    _refuse_fast_defaults(out, rates_file)
+    refuse_fast_writes(out, rates_file)
     runs, _ = resolve_methods(methods, task)
     csv_path, json_path = results_paths(out, "lr_grid", task)
     check_writable([csv_path, json_path, rates_file])
@@ -392,7 +436,7 @@ def sweep(task: str, methods="all", *, seeds=(0, 1, 2, 3, 4), steps: list[int] |
     (skipping those already there); returns every row of the file.
     """
     seeds = check_seeds(seeds)
-    _refuse_fast_defaults(out)
+    refuse_fast_writes(out)
     budget = default_budget(task)
     steps = sorted({check_positive_int("steps", n) for n in (steps or [budget["num_steps"]])})
     if task in IMAGE_TASKS:
@@ -421,14 +465,10 @@ def sweep(task: str, methods="all", *, seeds=(0, 1, 2, 3, 4), steps: list[int] |
 def load_results(kind: str, task: str, out: str | Path = RESULTS_DIR) -> pd.DataFrame:
     """The rows of ``out/<kind>_<task>.csv`` (``kind``: ``"sweep"`` or ``"lr_grid"``) with the provenance in
     ``df.attrs["provenance"]``. A missing file raises FileNotFoundError naming the command that makes it."""
+    command = "tune" if kind == "lr_grid" else "sweep"
     csv_path, json_path = results_paths(out, kind, task)
-    if not csv_path.exists() or not json_path.exists():
-        command = "tune" if kind == "lr_grid" else "sweep"
-        raise FileNotFoundError(f"no reference results {csv_path}: make them with python -m ftlab {command} "
-                                f"--task {task} (see python -m ftlab {command} --help)")
-    rows = pd.read_csv(csv_path)
-    rows.attrs["provenance"] = json.loads(json_path.read_text())
-    return rows
+    return load_results_file(csv_path, json_path, f"make them with python -m ftlab {command} --task {task} "
+                                                  f"(see python -m ftlab {command} --help)")
 
 
 def rows_from_compare(df: pd.DataFrame) -> pd.DataFrame:
@@ -464,16 +504,8 @@ def check_results(json_path: str | Path, rates_file: str | Path = LEARNING_RATES
 
         return overfitting.check_results(json_path)
     kind, task = stored["settings"]["kind"], stored["settings"]["task"]
-    problems = []
-    current = checkpoint_hashes(task)
-    for name in sorted(set(current) | set(stored["checkpoints"])):
-        if stored["checkpoints"].get(name) != current.get(name):
-            problems.append(f"checkpoint {name}: made with SHA-256 {stored['checkpoints'].get(name)}, "
-                            f"now {current.get(name)}")
     settings = run_settings(kind, task, "classroom")
-    for name in sorted(set(settings) | set(stored["settings"])):
-        if stored["settings"].get(name) != settings.get(name):
-            problems.append(f"setting {name!r}: made with {stored['settings'].get(name)!r}, now {settings.get(name)!r}")
+    problems = provenance_problems(stored, settings, checkpoint_hashes(task))
     csv_path = json_path.with_suffix(".csv")
     rows = pd.read_csv(csv_path)
     if list(rows.columns) != COLUMNS:

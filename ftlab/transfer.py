@@ -17,7 +17,6 @@ BatchNorm variants of head-only training) under one budget, one row per recipe a
 from __future__ import annotations
 
 import copy
-import datetime
 import hashlib
 import inspect
 import json
@@ -27,13 +26,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ftlab import sweep
 from ftlab.compare import check_seeds
 from ftlab.compare import summarize as summarize_runs
 from ftlab.config import mode, seed_everything
 from ftlab.measure import count_parameters
 from ftlab.methods.freeze import discriminative_param_groups, freeze_to, gradual_unfreezing
 from ftlab.progress import progress as progress_bar
-from ftlab.sweep import RESULTS_DIR, check_writable, checkpoint_hashes, git_commit
 from ftlab.tasks.images import image_loader, make_digits
 from ftlab.train import evaluate, fit
 from ftlab.validate import check_choice
@@ -255,7 +254,7 @@ def compare_freezing(recipes=None, seeds=(0, 1, 2), *, labels_per_class: int | N
 # and ships the rows with their provenance; notebook 02 loads them and runs one seed live against their spread.
 # The folder is apart from data/results/*.csv, whose rows are methods of ftlab.compare (ftlab.sweep's schema).
 
-FREEZING_RESULTS = RESULTS_DIR / "freezing" / "freezing_digits.csv"
+FREEZING_RESULTS = sweep.RESULTS_DIR / "freezing" / "freezing_digits.csv"
 FREEZING_BUDGET = {"num_steps": 60, "lr": 1e-3, "batch_size": 32, "labels_per_class": None}  # the classroom budget
 FREEZING_FAST_BUDGET = {"num_steps": 2, "lr": 1e-3, "batch_size": 8, "labels_per_class": 2}
 FREEZING_COLUMNS = ["method", "seed", "num_steps", "lr", "labels_per_class", "trainable at start", "trainable",
@@ -288,21 +287,13 @@ def write_freezing_results(seeds=(0, 1, 2, 3, 4), *, path: str | Path = FREEZING
         raise ValueError(f"FAST mode (FTLAB_FAST=1) must not write the reference results {FREEZING_RESULTS.name}: "
                          f"pass another path, or unset FTLAB_FAST")
     json_path = path.with_suffix(".json")
-    settings, checkpoints = freezing_settings(), checkpoint_hashes("digits")
-    stored = json.loads(json_path.read_text()) if json_path.exists() else {
-        "file": path.name, "columns": FREEZING_COLUMNS, "settings": settings, "checkpoints": checkpoints,
-        "commands": []}
-    if stored["settings"] != settings or stored["checkpoints"] != checkpoints:
-        raise ValueError(f"{json_path} was made with other settings or checkpoints than the current ones "
-                         f"(see check_freezing_results); move {path.name} and {json_path.name} away to start afresh")
-    check_writable([path, json_path])
-    done = set(pd.read_csv(path)["seed"]) if path.exists() else set()
-    stored["commands"].append({"command": command or f"ftlab.transfer.write_freezing_results(seeds={seeds!r})",
-                               "ftlab_commit": git_commit(), "torch": torch.__version__,
-                               "torch_threads": torch.get_num_threads(),
-                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(stored, indent=1) + "\n")
+    settings, checkpoints = freezing_settings(), sweep.checkpoint_hashes("digits")
+    rows = sweep.open_results_file(path, json_path, FREEZING_COLUMNS, settings, checkpoints, "check_freezing_results")
+    sweep.check_writable([path, json_path])
+    done = set(rows["seed"])
+    new = {"file": path.name, "columns": FREEZING_COLUMNS, "settings": settings, "checkpoints": checkpoints,
+           "commands": []}
+    sweep.record_provenance(json_path, new, command or f"ftlab.transfer.write_freezing_results(seeds={seeds!r})")
     budget = {k: settings[k] for k in FREEZING_BUDGET}
     for seed in [s for s in seeds if s not in done]:
         rows = compare_freezing(seeds=[seed], **budget).assign(num_steps=budget["num_steps"], lr=budget["lr"],
@@ -318,11 +309,7 @@ def load_freezing_results(path: str | Path = FREEZING_RESULTS) -> pd.DataFrame:
     """The rows of a freezing results file (``compare_freezing``'s columns, one row per recipe and seed), with its
     provenance in ``df.attrs["provenance"]``. A missing file raises FileNotFoundError naming the command."""
     path = Path(path)
-    if not path.exists() or not path.with_suffix(".json").exists():
-        raise FileNotFoundError(f"no reference results {path}: make them with python tools/freezing_results.py")
-    rows = pd.read_csv(path)
-    rows.attrs["provenance"] = json.loads(path.with_suffix(".json").read_text())
-    return rows
+    return sweep.load_results_file(path, path.with_suffix(".json"), "make them with python tools/freezing_results.py")
 
 
 def check_freezing_results(path: str | Path = FREEZING_RESULTS) -> list[str]:
@@ -331,16 +318,7 @@ def check_freezing_results(path: str | Path = FREEZING_RESULTS) -> list[str]:
     one sentence each (empty: the file is current)."""
     path = Path(path)
     stored = json.loads(path.with_suffix(".json").read_text())
-    problems = []
-    current = checkpoint_hashes("digits")
-    for name in sorted(set(current) | set(stored["checkpoints"])):
-        if stored["checkpoints"].get(name) != current.get(name):
-            problems.append(f"checkpoint {name}: made with SHA-256 {stored['checkpoints'].get(name)}, "
-                            f"now {current.get(name)}")
-    settings = freezing_settings("classroom")
-    for name in sorted(set(settings) | set(stored["settings"])):
-        if stored["settings"].get(name) != settings.get(name):
-            problems.append(f"setting {name!r}: made with {stored['settings'].get(name)!r}, now {settings.get(name)!r}")
+    problems = sweep.provenance_problems(stored, freezing_settings("classroom"), sweep.checkpoint_hashes("digits"))
     rows = pd.read_csv(path)
     if list(rows.columns) != FREEZING_COLUMNS:
         return problems + [f"{path.name}: columns {list(rows.columns)}, expected {FREEZING_COLUMNS}"]

@@ -397,13 +397,16 @@ def plot_ppo(histories: dict[str, dict]):
         color = f"C{k % 10}"
         axes[0].plot(history["eval_kl"], history["eval_reward"], "o-", color=color, label=label)
         for it, kl, reward in zip(history["eval_iteration"], history["eval_kl"], history["eval_reward"]):
+            if it == 0 and k > 0:  # every run starts at the reference model: one label for the shared point
+                continue
             axes[0].annotate(str(it), (kl, reward), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                             color=color)
+                             color="black" if it == 0 else color)
         axes[1].plot(history["iteration"], history["clip_frac"], "o-", markersize=3, color=color, label=label)
         axes[2].plot(history["iteration"], history["entropy"], "o-", markersize=3, color=color, label=label)
     axes[0].set_xlabel("KL(policy || reference), nats per response")
     axes[0].set_ylabel("mean reward (held-out prompts)")
     axes[0].set_title("reward vs KL (labels: iteration)", fontsize=10)
+    axes[0].margins(x=0.12, y=0.12)  # room for the labels of the last points
     axes[1].set_xlabel("iteration")
     axes[1].set_ylabel("clip fraction")
     axes[2].set_xlabel("iteration")
@@ -504,18 +507,25 @@ def plot_spread(df, value: str | None = None, by: str = "method", ax=None, perce
     styles = method_styles(list(dict.fromkeys(df[by])))  # by first appearance, as the other plots of a figure
     for row, name in enumerate(means.index):
         values = scale * df.loc[df[by] == name, value].astype(float)
-        colour, marker = styles[name]
-        ax.plot([values.min(), values.max()], [row, row], color=colour, linewidth=2, alpha=0.6)
-        ax.scatter(values, [row] * len(values), color=colour, marker=marker, s=16, alpha=0.5, linewidths=0)
-        ax.scatter([values.mean()], [row], color=colour, marker=marker, s=70, edgecolors="black", linewidths=0.6,
-                   zorder=3)
-        ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3), fontsize=7)
+        _draw_runs(ax, values, row, styles[name])
     ax.set_yticks(range(len(means)), [str(name) for name in means.index])
     ax.set_xlabel(f"{value} (%)" if percent else value)
     ax.grid(axis="x", alpha=0.3)
     ax.margins(x=0.12)
     fig.tight_layout()
     return fig
+
+
+def _draw_runs(ax, values, row: float, style: tuple[str, str], point_size: float = 16) -> None:
+    """One group's runs on row ``row`` of ``ax``, as ``plot_spread`` draws them: every run a small point (of
+    ``point_size``), the mean a large black-edged marker, the range from the lowest to the highest run a bar,
+    and ``n=`` the number of runs beside it. ``style``: ``(colour, marker)``, as ``method_styles`` gives."""
+    colour, marker = style
+    ax.plot([values.min(), values.max()], [row, row], color=colour, linewidth=2, alpha=0.6)
+    ax.scatter(values, [row] * len(values), color=colour, marker=marker, s=point_size, alpha=0.5, linewidths=0)
+    ax.scatter([values.mean()], [row], color=colour, marker=marker, s=70, edgecolors="black", linewidths=0.6,
+               zorder=3)
+    ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3), fontsize=7)
 
 
 def plot_sweep(rows, x: str = "num_steps", value: str = "value", by: str = "method", live=None,
@@ -691,17 +701,11 @@ def plot_spread_panels(df, value: str, by: str, panel: str, *, absent: dict | No
                 ax.annotate(f"none: {absent.get(group, 'no runs')}", (0.02, row), xycoords=("axes fraction", "data"),
                             va="center", fontsize=8, color="grey", style="italic")
                 continue
-            colour, marker = styles[group]
-            ax.plot([values.min(), values.max()], [row, row], color=colour, linewidth=2, alpha=0.6)
-            ax.scatter(values, [row] * len(values), color=colour, marker=marker, s=18, alpha=0.5, linewidths=0)
-            ax.scatter([values.mean()], [row], color=colour, marker=marker, s=70, edgecolors="black",
-                       linewidths=0.6, zorder=3)
-            ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3),
-                        fontsize=7)
+            _draw_runs(ax, values, row, styles[group], point_size=18)
             if live is not None:
                 mine = live[(live[panel] == name) & (live[by] == group)]
-                ax.scatter(scale * mine[value].astype(float), [row] * len(mine), color=colour, marker="*", s=150,
-                           edgecolors="black", linewidths=0.8, zorder=4)
+                ax.scatter(scale * mine[value].astype(float), [row] * len(mine), color=styles[group][0], marker="*",
+                           s=150, edgecolors="black", linewidths=0.8, zorder=4)
         ax.set_title(str(name), fontsize=10)
         ax.set_xlabel(xlabel or (f"{value} (%)" if percent else value))
         ax.grid(axis="x", alpha=0.3)
@@ -1060,13 +1064,7 @@ def plot_results_spread(rows, metrics: Sequence[str], by: str = "setting", live:
         last = mine[mine.iteration == mine.groupby(by).iteration.transform("max")]
         for row, group in enumerate(groups):
             values = last.loc[last[by] == group, "value"].astype(float)
-            colour, marker = styles[group]
-            ax.plot([values.min(), values.max()], [row, row], color=colour, linewidth=2, alpha=0.6)
-            ax.scatter(values, [row] * len(values), color=colour, marker=marker, s=16, alpha=0.5, linewidths=0)
-            ax.scatter([values.mean()], [row], color=colour, marker=marker, s=70, edgecolors="black",
-                       linewidths=0.6, zorder=3)
-            ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3),
-                        fontsize=7)
+            _draw_runs(ax, values, row, styles[group])
             if live and metric in live.get(group, {}):
                 ax.scatter([live[group][metric]], [row], marker="*", s=170, color="white", edgecolors="black",
                            linewidths=0.9, zorder=4)

@@ -84,6 +84,7 @@ def make_control(name: str, spec, default=inspect.Parameter.empty):
                          f"(min, max, step) for a slider, a bool, a str, or an ipywidgets widget")
     if widget is not spec:
         widget.description = name
+        widget.style.description_width = "initial"  # the whole name, never cut off (e.g. decompose_factor)
         if hasattr(widget, "continuous_update"):
             widget.continuous_update = False  # update when the slider is released, not at every pixel
     elif not widget.description:

@@ -152,7 +152,7 @@ def test_results_files_record_provenance_resume_and_refuse_other_settings(tmp_pa
         command)
     assert results.check_results("toy", settings, tmp_path) == []
     before = (tmp_path / "toy.csv").read_text(), (tmp_path / "toy.json").read_text()
-    with pytest.raises(ValueError, match="other settings or shipped models.*move toy.csv and toy.json away"):
+    with pytest.raises(ValueError, match="other settings or checkpoints.*move toy.csv and toy.json away"):
         results.open_results("toy", {**settings, "lr": 1e-4}, tmp_path)
     assert ((tmp_path / "toy.csv").read_text(), (tmp_path / "toy.json").read_text()) == before
     assert results.check_results("toy", {**settings, "lr": 1e-4}, tmp_path) == [

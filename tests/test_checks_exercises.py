@@ -667,3 +667,12 @@ def test_a_reference_kept_in_a_default_argument_is_refused(capsys):
 
 def test_the_forgetting_checker_accepts_a_list_of_floats():
     assert checks.check_forgetting(lambda R: [float(v) for v in forgetting_from(np.asarray(R))]) is True
+
+
+def test_step_memory_accepts_whole_float_byte_counts_and_refuses_fractions(capsys):
+    """4.0 * total is a right answer written with floats; 4 * total + 0.5 is not a byte count."""
+    as_floats = {name: float(value) for name, value in step_memory(1_026, 11_177_538).items()}
+    checks.check_step_memory(lambda t, T: {k: float(v) for k, v in step_memory(t, T).items()})
+    assert capsys.readouterr().out.startswith("[PASS]") and as_floats["weights"] == 4.0 * 11_177_538
+    checks.check_step_memory(lambda t, T: {**step_memory(t, T), "weights": 4 * T + 0.5})
+    assert "whole numbers" in capsys.readouterr().out

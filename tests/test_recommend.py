@@ -105,7 +105,17 @@ def test_quality_pairs_seeds_and_needs_a_measurement_within_a_factor_of_2():
 def test_without_reference_results_the_quality_is_not_invented(tmp_path):
     table = recommend("resnet18", 8, num_examples=50, methods=("full", "lora"), results=tmp_path)
     assert table["quality_vs_full"].isna().all()
-    assert all("no measured results for image tasks yet" in r for r in table["reasons"])
+    assert all("no measured results for image tasks yet" in r
+               for method, r in zip(table["method"], table["reasons"]) if method != "full")
+
+
+def test_by_default_every_method_of_ftlab_is_considered_and_each_row_says_why(tmp_path):
+    from ftlab.methods import available
+
+    table = recommend("gpt2", 16, 100, results=tmp_path)
+    assert sorted(table["method"]) == sorted(available())  # DoRA, LoHa, LoKr too: none left out silently
+    assert table["reasons"].str.len().gt(0).all()
+    assert table.set_index("method").loc["full", "reasons"].endswith("the reference the other rows are compared with.")
 
 
 def test_bad_input_errors_say_what_would_be_right(results_dir, tmp_path):

@@ -201,6 +201,8 @@ def test_plot_ppo_draws_reward_against_kl_clip_fraction_and_entropy():
     line = reward_vs_kl.lines[0]
     assert list(line.get_xdata()) == [0.0, 1.2] and list(line.get_ydata()) == [-0.4, 1.1]
     assert len(clip.lines) == 2 and entropy.get_ylabel().startswith("entropy")
+    # iteration labels: the shared starting point (the reference model) once, then each run's own
+    assert [t.get_text() for t in reward_vs_kl.texts] == ["0", "2", "2"]
     plt.close(fig)
 
 

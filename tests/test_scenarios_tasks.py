@@ -217,7 +217,7 @@ def test_fact_recall_picks_the_condition_with_the_most_likely_tokens(tiny_gpt2_c
 def test_domain_bad_kinds_and_sizes_raise_clear_errors():
     with pytest.raises(ValueError, match="unknown instruction kinds.*kinds are"):
         domain.make_domain_instructions(kinds=("drug", "price"))
-    with pytest.raises(ValueError, match="positive whole number of documents"):
+    with pytest.raises(ValueError, match="positive number of documents"):
         domain.make_domain_corpus(sizes={"train": -1})
 
 

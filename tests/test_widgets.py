@@ -70,6 +70,7 @@ def test_explore_starts_from_the_functions_defaults_and_names_each_control(shell
     assert explorer.values() == {"slope": 1.0, "label": "a"}
     assert [w.description for w in explorer.controls.values()] == ["slope", "label"]
     assert explorer.controls["slope"].continuous_update is False  # one update when the slider is released
+    assert explorer.controls["slope"].style.description_width == "initial"  # a long name is shown whole
     assert PANEL_CLASS in explorer.panel._dom_classes
 
 

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=[*MODES, "both"], default="both", help="run mode(s) to time (default both)")
     parser.add_argument("--only", action="append", metavar="NN",
                         help="time only the notebook whose name starts with NN (repeatable)")
-    parser.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads per notebook (default 1)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch / OpenMP threads per notebook (default: every core, as a notebook run alone gets)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds a single cell may run (default 1800)")
     parser.add_argument("--update-readme-only", action="store_true", help="rewrite the README's table, run nothing")
     parser.add_argument("--record", type=Path, default=RECORD, help="record path without extension")

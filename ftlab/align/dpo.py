@@ -221,16 +221,11 @@ def dpo_nll_sweep(seeds: Sequence[int] = (0, 1, 2), *, out=None, settings: dict 
     from ftlab.align import results
     from ftlab.align.generate import ended_share, generate
     from ftlab.align.reward import reward_model
-    from ftlab.config import FAST
     from ftlab.tasks.preferences import make_preferences
 
     settings = settings or DPO_NLL_SETTINGS
-    out = results.RESULTS_DIR if out is None else out
-    results.refuse_fast_writes(out, FAST)
     seeds = [int(seed) for seed in seeds]
-    rows = results.open_results("dpo_nll", settings, out)
-    results.record_command("dpo_nll", settings, f"ftlab.align.dpo.dpo_nll_sweep(seeds={seeds})", out)
-    done = results.done_runs(rows)
+    out, done = results.start_sweep("dpo_nll", settings, f"ftlab.align.dpo.dpo_nll_sweep(seeds={seeds})", out)
     rm = reward_model(source="shipped", progress=False)
     sft, tokenizer = rm["sft"]["model"], rm["sft"]["tokenizer"]
     test = make_preferences(0)["test"][:pick(360, 12)]

@@ -20,14 +20,20 @@ matches, for the test that keeps the shipped files current. The provenance helpe
 """
 from __future__ import annotations
 
-import datetime
 import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from ftlab.sweep import RESULTS_DIR, append_rows, check_writable, git_commit
+from ftlab.sweep import (
+    RESULTS_DIR,
+    append_rows,
+    check_writable,
+    load_results_file,
+    open_results_file,
+    record_provenance,
+    refuse_fast_writes,
+)
 from ftlab.zoo import DATA_DIR, file_sha256
 
 COLUMNS = ["setting", "seed", "iteration", "metric", "value", "seconds"]
@@ -48,43 +54,32 @@ def results_paths(name: str, out: str | Path = RESULTS_DIR) -> tuple[Path, Path]
     return Path(out) / f"{name}.csv", Path(out) / f"{name}.json"
 
 
-def refuse_fast_writes(out: str | Path, fast: bool) -> None:
-    """A FAST-mode run (tiny settings) must not write into the shipped ``data/results``: raise ValueError."""
-    if fast and Path(out).resolve() == RESULTS_DIR.resolve():
-        raise ValueError("FAST mode (FTLAB_FAST=1) must not write the reference results in data/results: pass "
-                         "another out folder, or unset FTLAB_FAST")
-
-
 def open_results(name: str, settings: dict, out: str | Path = RESULTS_DIR) -> pd.DataFrame:
     """The rows already in ``out/<name>.csv`` (none if new), after checking that they were made with ``settings``
     and the current shipped models (ValueError otherwise, before anything is written)."""
     csv_path, json_path = results_paths(name, out)
     check_writable([csv_path, json_path])
-    if json_path.exists():
-        stored = json.loads(json_path.read_text())
-        if stored.get("settings") != json.loads(json.dumps(settings)) or stored.get("checkpoints") != shipped_hashes():
-            raise ValueError(f"{json_path} was made with other settings or shipped models than the current ones "
-                             f"(see ftlab.align.results.check_results); move {csv_path.name} and {json_path.name} "
-                             f"away to start afresh")
-    if not csv_path.exists():
-        return pd.DataFrame(columns=COLUMNS)
-    rows = pd.read_csv(csv_path)
-    if list(rows.columns) != COLUMNS:
-        raise ValueError(f"{csv_path} has columns {list(rows.columns)}, expected {COLUMNS}")
-    return rows
+    return open_results_file(csv_path, json_path, COLUMNS, settings, shipped_hashes(),
+                             "ftlab.align.results.check_results")
 
 
 def record_command(name: str, settings: dict, command: str, out: str | Path = RESULTS_DIR) -> None:
     """Add ``command`` (with commit, torch version and threads, date) to ``out/<name>.json``, created if new."""
     _, json_path = results_paths(name, out)
-    stored = json.loads(json_path.read_text()) if json_path.exists() else {
-        "file": f"{name}.csv", "columns": COLUMNS, "settings": settings, "checkpoints": shipped_hashes(),
-        "commands": [], "samples": {}}
-    stored["commands"].append({"command": command, "ftlab_commit": git_commit(), "torch": torch.__version__,
-                               "torch_threads": torch.get_num_threads(),
-                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(stored, indent=1) + "\n")
+    new = {"file": f"{name}.csv", "columns": COLUMNS, "settings": settings, "checkpoints": shipped_hashes(),
+           "commands": [], "samples": {}}
+    record_provenance(json_path, new, command)
+
+
+def start_sweep(name: str, settings: dict, command: str, out: str | Path | None = None) -> tuple[Path, set]:
+    """Open ``out/<name>.csv`` (default ``data/results``, refused in FAST mode) for a sweep made with ``settings``
+    and record ``command`` in its provenance. Returns ``(out, done)``: the folder and the (setting, seed) runs
+    already in the file, which the sweep skips."""
+    out = Path(RESULTS_DIR if out is None else out)
+    refuse_fast_writes(out)
+    rows = open_results(name, settings, out)
+    record_command(name, settings, command, out)
+    return out, done_runs(rows)
 
 
 def add_run(name: str, rows: list[dict], samples, out: str | Path = RESULTS_DIR) -> None:
@@ -108,13 +103,9 @@ def load_results(name: str, out: str | Path = RESULTS_DIR) -> pd.DataFrame:
     """The rows of ``out/<name>.csv``, with the JSON provenance in ``df.attrs["provenance"]``. A missing file raises
     FileNotFoundError naming the function that makes it."""
     csv_path, json_path = results_paths(name, out)
-    if not csv_path.exists() or not json_path.exists():
-        maker = MAKERS.get(name)
-        raise FileNotFoundError(f"no reference results {csv_path.name} in {out}" +
-                                (f": make them with {maker}()" if maker else ""))
-    rows = pd.read_csv(csv_path)
-    rows.attrs["provenance"] = json.loads(json_path.read_text())
-    return rows
+    maker = MAKERS.get(name)
+    return load_results_file(csv_path, json_path, f"make them with {maker}()" if maker else
+                             "no function of ftlab makes them")
 
 
 def check_results(name: str, settings: dict, out: str | Path = RESULTS_DIR) -> list[str]:

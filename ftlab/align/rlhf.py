@@ -357,16 +357,11 @@ def ppo_kl_sweep(seeds: Sequence[int] = (0, 1, 2), *, out=None, settings: dict |
     """
     from ftlab.align import results
     from ftlab.align.reward import reward_model
-    from ftlab.config import FAST
     from ftlab.tasks.preferences import make_preferences
 
     settings = settings or PPO_KL_SETTINGS
-    out = results.RESULTS_DIR if out is None else out
-    results.refuse_fast_writes(out, FAST)
     seeds = [int(seed) for seed in seeds]
-    rows = results.open_results("ppo_kl", settings, out)
-    results.record_command("ppo_kl", settings, f"ftlab.align.rlhf.ppo_kl_sweep(seeds={seeds})", out)
-    done = results.done_runs(rows)
+    out, done = results.start_sweep("ppo_kl", settings, f"ftlab.align.rlhf.ppo_kl_sweep(seeds={seeds})", out)
     rm = reward_model(source="shipped", progress=False)
     sft, tokenizer = rm["sft"]["model"], rm["sft"]["tokenizer"]
     pairs = make_preferences(0)["test"][:settings["num_right"] * 3]  # the kinds take turns: num_right "correct"

@@ -42,9 +42,30 @@ def split_sizes(sizes: dict | None, defaults: dict[str, int], unit: str = "examp
     for split, n in sizes.items():
         if split not in defaults:
             raise ValueError(f"unknown split {split!r}; splits are {list(defaults)}")
-        if not isinstance(n, int) or n <= 0:
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"split {split!r} needs a positive number of {unit} (a whole number), got {n!r}")
     return sizes
+
+
+def distinct_documents(make_document: Callable[[random.Random, str], str], sizes: dict[str, int],
+                       seed: int) -> dict[str, list[str]]:
+    """``{split: [document, ...]}``, ``sizes[split]`` documents per split, no document in two splits.
+
+    Each document is ``make_document(rng, split)``; one that was already drawn is drawn again. One
+    ``random.Random(seed)`` draws everything, so the same seed and sizes give the same documents.
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    data = {}
+    for split, n in sizes.items():
+        docs = []
+        while len(docs) < n:
+            doc = make_document(rng, split)
+            if doc not in seen:  # a repeat would put the same text in two splits
+                seen.add(doc)
+                docs.append(doc)
+        data[split] = docs
+    return data
 
 
 def balanced_examples(text: Callable[[random.Random, str, int], str], num_classes: int, sizes: dict[str, int],

@@ -36,7 +36,7 @@ from __future__ import annotations
 import random
 import re
 
-from ftlab.tasks import split_sizes
+from ftlab.tasks import distinct_documents, split_sizes
 
 # ---------------------------------------------------------------- word lists
 NAME_ONSETS = ["Ma", "Li", "To", "Ka", "Be", "Ro", "Su", "Da", "Ni", "Fe", "Jo", "Ti", "Ra", "Lo", "Mi",
@@ -361,24 +361,26 @@ def _word_game(rng: random.Random, a: str, b: str) -> list[str]:
     return turns
 
 
-def _plural_game(rng: random.Random, a: str, b: str) -> list[str]:
+def _form_game(rng: random.Random, words: list[str], exchanges) -> list[str]:
+    """Turns about a form (a plural, a past tense) of 1 to 3 of ``words``: ``exchanges(word)`` gives two ways to
+    ask for it (each a question and its answer), and a coin flip picks one for each word."""
     turns = []
-    for noun in rng.sample(ANIMALS + OBJECTS + FOODS + PLACES, rng.randint(1, 3)):
-        if rng.random() < 0.5:
-            turns += [f"{a}: I see one {noun}. What if there are two?", f"{b}: Then you see two {plural(noun)}."]
-        else:
-            turns += [f"{a}: What is the plural of {noun}?", f"{b}: The plural of {noun} is {plural(noun)}."]
+    for word in rng.sample(words, rng.randint(1, 3)):
+        in_context, by_name = exchanges(word)
+        turns += in_context if rng.random() < 0.5 else by_name
     return turns
+
+
+def _plural_game(rng: random.Random, a: str, b: str) -> list[str]:
+    return _form_game(rng, ANIMALS + OBJECTS + FOODS + PLACES, lambda noun: (
+        [f"{a}: I see one {noun}. What if there are two?", f"{b}: Then you see two {plural(noun)}."],
+        [f"{a}: What is the plural of {noun}?", f"{b}: The plural of {noun} is {plural(noun)}."]))
 
 
 def _past_game(rng: random.Random, a: str, b: str) -> list[str]:
-    turns = []
-    for verb in rng.sample(ACTIVITIES + THING_ACTIONS + FOOD_ACTIONS, rng.randint(1, 3)):
-        if rng.random() < 0.5:
-            turns += [f"{a}: Today I {verb}. What about yesterday?", f"{b}: Yesterday you {past(verb)}."]
-        else:
-            turns += [f"{a}: What is the past tense of {verb}?", f"{b}: The past tense of {verb} is {past(verb)}."]
-    return turns
+    return _form_game(rng, ACTIVITIES + THING_ACTIONS + FOOD_ACTIONS, lambda verb: (
+        [f"{a}: Today I {verb}. What about yesterday?", f"{b}: Yesterday you {past(verb)}."],
+        [f"{a}: What is the past tense of {verb}?", f"{b}: The past tense of {verb} is {past(verb)}."]))
 
 
 def _owner_game(rng: random.Random, a: str, b: str) -> list[str]:
@@ -445,15 +447,4 @@ def make_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, list[str]
     The same ``seed`` and ``sizes`` always give the same documents.
     """
     sizes = split_sizes(sizes, SPLIT_SIZES, unit="documents")
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    data = {}
-    for split in SPLIT_SIZES:
-        docs = []
-        while len(docs) < sizes[split]:
-            doc = make_document(rng)
-            if doc not in seen:  # a repeat would put the same text in two splits
-                seen.add(doc)
-                docs.append(doc)
-        data[split] = docs
-    return data
+    return distinct_documents(lambda rng, split: make_document(rng), sizes, seed)

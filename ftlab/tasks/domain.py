@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ftlab.tasks import distinct_documents, split_sizes
 from ftlab.tasks.corpus import DAYS, NAMES
 from ftlab.tasks.instructions import PROMPT, deal_splits
 from ftlab.tasks.qa import NAME_SPLITS, held_out_split
@@ -146,24 +147,8 @@ def make_domain_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, li
     ``NAME_SPLITS``; every drug and condition occurs in every split (the corpus is where the
     facts are learnt). The same seed and sizes give the same documents.
     """
-    sizes = {**CORPUS_SIZES, **(sizes or {})}
-    for split, n in sizes.items():
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; splits are {list(SPLITS)}")
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"split {split!r} needs a positive whole number of documents, got {n!r}")
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    data = {}
-    for split in SPLITS:
-        docs = []
-        while len(docs) < sizes[split]:
-            doc = make_document(rng, NAME_SPLITS[split])
-            if doc not in seen:
-                seen.add(doc)
-                docs.append(doc)
-        data[split] = docs
-    return data
+    sizes = split_sizes(sizes, CORPUS_SIZES, unit="documents")
+    return distinct_documents(lambda rng, split: make_document(rng, NAME_SPLITS[split]), sizes, seed)
 
 
 @torch.no_grad()

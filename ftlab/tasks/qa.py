@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
+from ftlab.tasks import split_sizes
 from ftlab.tasks.corpus import ANIMALS, NAMES, TOWNS, plural
 from ftlab.validate import check_positive_int, eval_mode
 
@@ -137,12 +138,7 @@ def make_qa(seed: int = 0, sizes: dict | None = None) -> dict[str, list[dict]]:
     out per split (module docstring), so no passage occurs in two splits. The same seed and
     sizes give the same data.
     """
-    sizes = {**SPLIT_SIZES, **(sizes or {})}
-    for split, n in sizes.items():
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; splits are {list(SPLITS)}")
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"split {split!r} needs a positive whole number of examples, got {n!r}")
+    sizes = split_sizes(sizes, SPLIT_SIZES)
     rng = random.Random(seed)
     return {split: [make_example(rng, split, KINDS[i % len(KINDS)]) for i in range(sizes[split])] for split in SPLITS}
 
