@@ -528,6 +528,12 @@ def _draw_runs(ax, values, row: float, style: tuple[str, str], point_size: float
     ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3), fontsize=7)
 
 
+def seed_count(counts) -> str:
+    """``"n=3"``, or ``"n=3-5"`` when the points of a line rest on different numbers of runs."""
+    low, high = int(counts.min()), int(counts.max())
+    return f"n={low}" if low == high else f"n={low}-{high}"
+
+
 def plot_sweep(rows, x: str = "num_steps", value: str = "value", by: str = "method", live=None,
                methods=None, percent: bool = True):
     """Reference results against a budget axis: per group (``by``, e.g. method), the mean over seeds as a line
@@ -549,7 +555,7 @@ def plot_sweep(rows, x: str = "num_steps", value: str = "value", by: str = "meth
         colour, marker = styles[name]
         xs = np.asarray(stats.index, dtype=float)
         ax.fill_between(xs, scale * stats["min"], scale * stats["max"], color=colour, alpha=0.15, linewidth=0)
-        ax.plot(xs, scale * stats["mean"], color=colour, marker=marker, label=f"{name} (n={stats['count'].min()})")
+        ax.plot(xs, scale * stats["mean"], color=colour, marker=marker, label=f"{name} ({seed_count(stats['count'])})")
         if live is not None and name in set(live[by]):
             mine = live[live[by] == name]
             ax.scatter(mine[x], scale * mine[value], color=colour, marker="*", s=160, edgecolors="black",
@@ -752,7 +758,7 @@ def plot_continual_sweep(rows, setting: str, ewc_lambda: float, buffer_size: int
             xs = np.asarray(stats.index, dtype=float)
             ax.fill_between(xs, 100 * stats["min"], 100 * stats["max"], color=colour, alpha=0.15, linewidth=0)
             ax.plot(xs, 100 * stats["mean"], style, color=colour, marker="o", markersize=4,
-                    label=f"{name} (n={stats['count'].min()})")
+                    label=f"{name} ({seed_count(stats['count'])})")
             if live is not None:
                 points = live[(live.setting == setting) & (live.strategy == strategy)]
                 ax.scatter(points[knob].astype(float), 100 * points[column], color=colour, marker="*", s=160,
@@ -898,7 +904,7 @@ def plot_lr_grid(rows, value: str = "value", by: str = "method", marks: dict[str
         colour, marker = styles[name]
         xs = np.asarray(stats.index, dtype=float)
         ax.fill_between(xs, scale * stats["min"], scale * stats["max"], color=colour, alpha=0.15, linewidth=0)
-        ax.plot(xs, scale * stats["mean"], color=colour, marker=marker, label=f"{name} (n={stats['count'].min()})")
+        ax.plot(xs, scale * stats["mean"], color=colour, marker=marker, label=f"{name} ({seed_count(stats['count'])})")
         ax.scatter(group["lr"], scale * group[value], color=colour, marker=marker, s=14, alpha=0.5, linewidths=0)
         if marks and name in marks:
             ax.axvline(marks[name], color=colour, linestyle="--", linewidth=1,

@@ -98,3 +98,16 @@ def test_plot_sweep_draws_a_band_per_method_and_puts_the_live_run_on_top():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lora (n=3)", "full (n=3)", "your run"]
     with pytest.raises(ValueError, match="no rows for method \\['qlora'\\]"):
         plot_sweep(rows, methods=["qlora"])
+
+
+def test_a_sweep_line_resting_on_different_numbers_of_seeds_says_so_in_its_legend():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from ftlab.viz import plot_sweep
+
+    rows = pd.DataFrame({"method": ["full"] * 8, "labels_per_class": [1] * 5 + [2] * 3, "seed": [*range(5), *range(3)],
+                         "value": [0.5, 0.6, 0.55, 0.52, 0.58, 0.7, 0.72, 0.71]})
+    fig = plot_sweep(rows, x="labels_per_class")
+    assert fig.axes[0].get_legend_handles_labels()[1] == ["full (n=3-5)"]
+    plt.close(fig)
