@@ -575,6 +575,7 @@ def fit(
                 evals_without_improvement += 1
                 if patience is not None and evals_without_improvement >= patience:
                     history["stopped_step"] = step + 1
+                    bar.update()  # this step is done: the final line says "55/150", not "54/150"
                     break
     if best_state is not None and history["best_step"] != history["step"][-1]:
         with torch.no_grad():
@@ -658,7 +659,8 @@ def lr_find(model: torch.nn.Module, train_data: Iterable, *, start_lr: float = 1
     try:
         model.train()
         batches = cycle(train_data)
-        for i, lr in enumerate(progress_bar(lrs, disable=not progress, desc="lr_find")):
+        bar = progress_bar(lrs, disable=not progress, desc="lr_find")
+        for i, lr in enumerate(bar):
             for group, ratio in zip(opt.param_groups, ratios):
                 group["lr"] = lr * ratio
             try:
@@ -673,6 +675,7 @@ def lr_find(model: torch.nn.Module, train_data: Iterable, *, start_lr: float = 1
             losses.append(value)
             smoothed.append(average / (1 - beta ** (i + 1)))
             if smoothed[-1] > diverge * min(smoothed):
+                bar.update()  # its loss is on the curve: count it
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -132,3 +132,10 @@ def test_plot_train_val_asks_for_validation_results():
     history = fit(model, train, num_steps=3, progress=False, device="cpu")
     with pytest.raises(ValueError, match="no validation results: run fit with eval_data="):
         plot_train_val(history)
+
+
+def test_the_final_progress_line_counts_the_step_at_which_early_stopping_stopped(capsys):
+    model, train, validation = overfitting_run()
+    history = fit(model, train, num_steps=200, lr=1e-3, eval_data=validation, eval_every=5, patience=3, device="cpu")
+    final = capsys.readouterr().err.strip().splitlines()[-1]
+    assert final.startswith(f"fit: {history['stopped_step']}/200 steps in ") and final.endswith("(stopped)"), final

@@ -146,3 +146,10 @@ def test_lr_find_refuses_bad_options_before_changing_anything(options, error, me
     with pytest.raises(error, match=message):
         lr_find(model, data, progress=False, **options)
     check()
+
+
+def test_the_final_progress_line_counts_every_rate_on_the_curve(capsys):
+    result = lr_find(classifier(), shuffled_loader(), num_steps=60, end_lr=1e3)
+    assert result["stopped_early"]  # the loss blew up before the last rate
+    final = capsys.readouterr().err.strip().splitlines()[-1]
+    assert final.startswith(f"lr_find: {len(result['losses'])}/60 steps in ") and final.endswith("(stopped)"), final
