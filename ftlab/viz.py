@@ -432,8 +432,8 @@ def plot_train_val(history: dict, smooth: int = 5):
     averaged = [sum(losses[max(0, i - smooth + 1): i + 1]) / len(losses[max(0, i - smooth + 1): i + 1])
                 for i in range(len(losses))]
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    ax.plot(steps, losses, color="C0", alpha=0.25, linewidth=1)
-    ax.plot(steps, averaged, color="C0", label=f"training loss (mean of {smooth} steps)")
+    ax.plot(steps, losses, color="C0", alpha=0.25, linewidth=1, label="training loss (each step)")
+    ax.plot(steps, averaged, color="C0", label=f"training loss (mean of the last {smooth} steps, so it lags)")
     ax.plot(history["eval_step"], [e["loss"] for e in history["eval"]], "o-", color="C1", markersize=4,
             label="validation loss")
     best = history.get("best_step")
@@ -493,14 +493,17 @@ def method_styles(labels) -> dict:
     return styles
 
 
-def plot_spread(df, value: str | None = None, by: str = "method", ax=None, percent: bool = True):
+def plot_spread(df, value: str | None = None, by: str = "method", ax=None, percent: bool = True,
+                ranked: bool = True):
     """One row per group (``by``), best mean on top: every run (seed) a small point, the mean a large marker, the
     range from the lowest to the highest run a bar, and the number of runs beside it. Overlapping bars mean
-    the runs cannot tell the groups apart. ``value``: default ``df.attrs["metric"]`` or ``"value"``."""
+    the runs cannot tell the groups apart. ``value``: default ``df.attrs["metric"]`` or ``"value"``.
+    ``ranked=False``: the groups top to bottom in the order they first appear in ``df`` (settings to compare
+    side by side, such as pairs with and without an option), not by their means."""
     value = value or df.attrs.get("metric") or "value"
     scale = 100 if percent else 1
     groups = df.groupby(by, sort=False)[value]
-    means = groups.mean().sort_values()  # ascending: the best ends on top
+    means = groups.mean().sort_values() if ranked else groups.mean()[::-1]  # the first row plotted is the bottom
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 0.9 + 0.38 * len(means)))
     fig = ax.figure

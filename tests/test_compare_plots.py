@@ -111,3 +111,17 @@ def test_a_sweep_line_resting_on_different_numbers_of_seeds_says_so_in_its_legen
     fig = plot_sweep(rows, x="labels_per_class")
     assert fig.axes[0].get_legend_handles_labels()[1] == ["full (n=3-5)"]
     plt.close(fig)
+
+
+def test_plot_spread_keeps_the_tables_order_top_to_bottom_when_not_ranked():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from ftlab.viz import plot_spread
+
+    rows = pd.DataFrame({"setting": ["b", "b", "a", "a", "c", "c"], "value": [0.5, 0.6, 0.9, 0.8, 0.7, 0.7]})
+    ranked = [t.get_text() for t in plot_spread(rows, by="setting").axes[0].get_yticklabels()]
+    kept = [t.get_text() for t in plot_spread(rows, by="setting", ranked=False).axes[0].get_yticklabels()]
+    assert ranked == ["b", "c", "a"]  # bottom to top: the best mean on top
+    assert kept == ["c", "a", "b"]  # bottom to top: the table's first group on top
+    plt.close("all")
