@@ -96,7 +96,6 @@ def git(*args: str, cwd: Path = REPO) -> str:
 
 def time_notebooks(names: list[str], modes, *, threads: int, timeout: int) -> tuple[list[dict], dict]:
     """Run each notebook in each mode from a fresh clone with an empty cache; one row per run, and the machine."""
-    commit = git("rev-parse", "--short", "HEAD")
     rows, machine = [], None
     with tempfile.TemporaryDirectory(prefix="ftlab-times-") as tmp:
         tmp = Path(tmp)
@@ -105,6 +104,7 @@ def time_notebooks(names: list[str], modes, *, threads: int, timeout: int) -> tu
             for mode in modes:
                 work = tmp / f"{name}-{mode}"
                 git("clone", "--quiet", str(REPO), str(work / "clone"), cwd=tmp)
+                commit = git("rev-parse", "--short", "HEAD", cwd=work / "clone")  # HEAD may move during a long run
                 env = notebook_env(work, mode, threads, tmp / "jupyter")
                 machine = machine or machine_info(env)
                 print(f"{name} ({mode}) ...", end=" ", flush=True)
