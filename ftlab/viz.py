@@ -207,27 +207,41 @@ def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", 
     """Trainable parameters (log x axis, since methods differ by orders of magnitude) against accuracy in percent,
     one colour and marker per ``label`` (e.g. ``ftlab.compare.compare``'s table, one row per method and seed):
     every run a small point, the mean over runs a large marker with a bar from the lowest to the highest run.
-    Labels go in a legend beside the axes, so they never overlap. ``ax``: draw into this Axes instead."""
+    Labels go in a legend beside the axes, so they never overlap; groups with nearly equal counts are drawn side by
+    side (``dodged_positions``). ``ax``: draw into this Axes instead."""
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 3.8))
     fig = ax.figure
     groups = list(dict.fromkeys(df[label]))
     styles = method_styles(groups)
+    shown = dodged_positions({name: float(df.loc[df[label] == name, x].iloc[0]) for name in groups})
     for name in groups:
         rows = df[df[label] == name]
         colour, marker = styles[name]
-        px, values = float(rows[x].iloc[0]), 100 * rows[y].astype(float)
+        px, values = shown[name], 100 * rows[y].astype(float)
         ax.scatter([px] * len(values), values, color=colour, marker=marker, s=14, alpha=0.45, linewidths=0)
         mean = values.mean()
         ax.errorbar([px], [mean], yerr=[[mean - values.min()], [values.max() - mean]], color=colour, marker=marker,
                     markersize=8, capsize=3, linestyle="none", label=f"{name} (n={len(values)})")
     ax.set_xscale("log")
-    ax.set_xlabel(f"{x} parameters (log scale)")
+    moved = any(shown[name] != float(df.loc[df[label] == name, x].iloc[0]) for name in groups)
+    ax.set_xlabel(f"{x} parameters (log scale{'; near-equal counts drawn side by side' if moved else ''})")
     ax.set_ylabel(f"{y} (%)")
     ax.margins(x=0.15, y=0.12)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="mean, min-max", title_fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def dodged_positions(counts: dict[str, float], close: float = 1.25, step: float = 1.12) -> dict[str, float]:
+    """Where to draw each group on a log axis: its own count, moved right by a factor ``step`` per group already
+    drawn within a factor ``close`` of it, so that methods with nearly equal counts (LoRA and DoRA, prompt tuning
+    and LoKr) stand side by side instead of on top of each other. At most a few percent of a decade."""
+    shown = {}
+    for name, count in sorted(counts.items(), key=lambda item: item[1]):
+        neighbours = sum(1 for other in shown.values() if count / close <= other <= count * close * step ** 3)
+        shown[name] = count * step ** neighbours
+    return shown
 
 
 def plot_abs_matrix(matrix, title: str = "|delta W|"):

@@ -125,3 +125,25 @@ def test_plot_spread_keeps_the_tables_order_top_to_bottom_when_not_ranked():
     assert ranked == ["b", "c", "a"]  # bottom to top: the best mean on top
     assert kept == ["c", "a", "b"]  # bottom to top: the table's first group on top
     plt.close("all")
+
+
+def test_groups_with_nearly_equal_counts_are_drawn_side_by_side_and_the_others_where_they_are():
+    from ftlab.viz import dodged_positions
+
+    shown = dodged_positions({"lora": 74_498, "dora": 76_000, "ia3": 17_000, "full": 22_713_986})
+    assert shown["ia3"] == 17_000 and shown["full"] == 22_713_986 and shown["lora"] == 74_498
+    assert shown["dora"] > 76_000 * 1.1  # moved right, clear of LoRA's marker, still the same decade
+    assert shown["dora"] < 76_000 * 1.2
+
+
+def test_the_axis_says_when_markers_were_moved_apart():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from ftlab.viz import plot_params_vs_accuracy
+
+    apart = pd.DataFrame({"method": ["lora", "full"], "trainable": [74_498, 22_713_986], "test accuracy": [0.9, 0.95]})
+    close = apart.assign(trainable=[74_498, 76_000])
+    assert "side by side" not in plot_params_vs_accuracy(apart).axes[0].get_xlabel()
+    assert "side by side" in plot_params_vs_accuracy(close).axes[0].get_xlabel()
+    plt.close("all")
