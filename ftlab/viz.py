@@ -533,16 +533,20 @@ def plot_spread(df, value: str | None = None, by: str = "method", ax=None, perce
     return fig
 
 
-def _draw_runs(ax, values, row: float, style: tuple[str, str], point_size: float = 16) -> None:
+def _draw_runs(ax, values, row: float, style: tuple[str, str], point_size: float = 16,
+               label_after: float | None = None) -> None:
     """One group's runs on row ``row`` of ``ax``, as ``plot_spread`` draws them: every run a small point (of
     ``point_size``), the mean a large black-edged marker, the range from the lowest to the highest run a bar,
-    and ``n=`` the number of runs beside it. ``style``: ``(colour, marker)``, as ``method_styles`` gives."""
+    and ``n=`` the number of runs beside it (to the right of ``label_after`` too, e.g. a live run's star).
+    ``style``: ``(colour, marker)``, as ``method_styles`` gives."""
     colour, marker = style
     ax.plot([values.min(), values.max()], [row, row], color=colour, linewidth=2, alpha=0.6)
     ax.scatter(values, [row] * len(values), color=colour, marker=marker, s=point_size, alpha=0.5, linewidths=0)
     ax.scatter([values.mean()], [row], color=colour, marker=marker, s=70, edgecolors="black", linewidths=0.6,
                zorder=3)
-    ax.annotate(f"n={len(values)}", (values.max(), row), textcoords="offset points", xytext=(5, -3), fontsize=7)
+    right = values.max() if label_after is None else max(values.max(), label_after)
+    ax.annotate(f"n={len(values)}", (right, row), textcoords="offset points",
+                xytext=(5 if label_after is None else 10, -3), fontsize=7)  # clear of a star's points
 
 
 def seed_count(counts) -> str:
@@ -1087,8 +1091,9 @@ def plot_results_spread(rows, metrics: Sequence[str], by: str = "setting", live:
         last = mine[mine.iteration == mine.groupby(by).iteration.transform("max")]
         for row, group in enumerate(groups):
             values = last.loc[last[by] == group, "value"].astype(float)
-            _draw_runs(ax, values, row, styles[group])
-            if live and metric in live.get(group, {}):
+            mine_live = live.get(group, {}).get(metric) if live else None
+            _draw_runs(ax, values, row, styles[group], label_after=mine_live)
+            if mine_live is not None:
                 ax.scatter([live[group][metric]], [row], marker="*", s=170, color="white", edgecolors="black",
                            linewidths=0.9, zorder=4)
         ax.set_xlabel(metric)

@@ -240,6 +240,13 @@ def test_plot_results_spread_keeps_one_order_and_shows_every_seed_the_range_and_
         plot_results_spread(long_rows(), ["loss"])
 
 
+def test_the_runs_count_sits_right_of_a_live_run_beyond_the_stored_range():
+    fig = plot_results_spread(long_rows(), ["kl"], live={"no KL penalty": {"kl": 60.0}})
+    (ax_kl,) = fig.axes
+    labels = {text.xy[1]: text.xy[0] for text in ax_kl.texts if text.get_text().startswith("n=")}
+    assert labels == {0: 7.0, 1: 60.0}  # the stored range's end, or the star's when it lies further right
+
+
 def test_plot_ppo_kl_draws_each_seed_and_the_mean_per_setting_with_the_live_runs():
     history = {"eval_iteration": [0, 5], "eval_kl": [0.0, 40.0], "eval_reward": [0.0, 0.6], "eval_metric": [0.8, 0.4]}
     fig = plot_ppo_kl(long_rows(), live={"no KL penalty": history})
