@@ -4,7 +4,7 @@
     python tools/bench_train.py memory time          # some parts
     python tools/bench_train.py --device cuda lr_find
 
-1. memory: ``ftlab.measure.memory_report`` of one full fine-tuning step of MiniLM (batch 16 x 64
+1. memory: ``ftlab.measure.step_memory`` of one full fine-tuning step of MiniLM (batch 16 x 64
    tokens), the tiny GPT-2 (batch 8 x 128 tokens) and ResNet-18 (batch 64 of 32 x 32 images) at
    fp32, bf16-mixed (the loss computed under ``ftlab.train.autocast``), bf16 (a bfloat16 copy of the
    model), each with and without gradient checkpointing (``ftlab.train.checkpointed``), and a
@@ -19,19 +19,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import statistics
 import time
 
 import torch
 
 import ftlab
-from ftlab.measure import memory_report, time_step
+from ftlab.measure import step_memory, time_step
 from ftlab.tasks import text_loader
 from ftlab.tasks.images import IMAGE_SIZE
 from ftlab.tasks.sentiment import make_sentiment
-from ftlab.train import autocast, checkpointed, default_loss, lr_find, to_device
+from ftlab.train import checkpointed, lr_find, to_device
 from ftlab.zoo import load_bert, load_gpt2, load_resnet
 
 PARTS = ("memory", "time", "lr_find")
@@ -63,21 +61,6 @@ def quarter(batch):
     return tuple(v[: len(v) // 4] for v in batch)
 
 
-def step_memory(model, batch, precision: str, checkpointing: bool) -> dict:
-    """``memory_report`` of one step at ``precision`` ("fp32", "bf16-mixed", "bf16")."""
-    device = next(model.parameters()).device
-    if precision == "bf16":
-        model = copy.deepcopy(model).to(torch.bfloat16)
-        batch = to_device(batch, device, torch.bfloat16)
-
-    def loss_fn(model, batch):
-        with autocast(precision, device):
-            return default_loss(model, batch)
-
-    with checkpointed(model) if checkpointing else contextlib.nullcontext():
-        return memory_report(model, batch, loss_fn=loss_fn)
-
-
 def memory(device: torch.device) -> None:
     print(f"\n1. Memory of one full fine-tuning step (MB; ratio = total / fp32 total), device {device}")
     header = f"{'model':>11s} {'setting':>26s} {'weights':>8s} {'grads':>7s} {'AdamW':>7s} {'activ.':>8s} " \
@@ -88,8 +71,8 @@ def memory(device: torch.device) -> None:
         settings = [(p, c) for p in ("fp32", "bf16-mixed", "bf16") for c in (False, True)]
         for precision, checkpointing in settings + [("fp32 batch / 4", False)]:
             small = precision.endswith("/ 4")
-            row = step_memory(model, quarter(batch) if small else batch, "fp32" if small else precision,
-                              checkpointing)
+            row = step_memory(model, quarter(batch) if small else batch, precision="fp32" if small else precision,
+                              gradient_checkpointing=checkpointing)
             base = base or row
             weights = row["weights_trainable"] + row["weights_frozen"] + row["buffers"]
             label = precision + (" + checkpointing" if checkpointing else "")
