@@ -369,6 +369,19 @@ def freezing_verdicts(rows: pd.DataFrame, value: str = "gap") -> pd.DataFrame:
 # ---------------------------------------------------------------- weight decay and warm-up
 
 
+def schedule_runs(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stored schedules runs (``load_results("schedules")``) as two tables with a ``setting`` label per run:
+    the weight-decay runs on digits ("weight decay 0.01") and the warm-up runs on sentiment ("lora lr 0.003,
+    constant" / "lora lr 0.003, warm-up 8 + cosine": in ``fit`` a warm-up is followed by a cosine decay), each
+    in the order of the file, a run without the option first."""
+    decay = rows[rows["task"] == "digits"].assign(
+        setting=lambda d: "weight decay " + d["weight_decay"].map("{:g}".format))
+    warm = rows[rows["task"] == "sentiment"].assign(
+        setting=lambda d: d["method"] + " lr " + d["lr"].map("{:g}".format)
+        + d["warmup_steps"].map(lambda w: f", warm-up {w} + cosine" if w else ", constant"))
+    return decay, warm
+
+
 def schedules_settings(full_lr: float, num_steps: int, labels_per_class: int, sentiment_steps: int) -> dict:
     """What the schedules sweep's rows depend on besides their key columns."""
     return {"kind": "overfitting_schedules", "mode": mode(), "digits": {

@@ -214,7 +214,8 @@ def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", 
     fig = ax.figure
     groups = list(dict.fromkeys(df[label]))
     styles = method_styles(groups)
-    shown = dodged_positions({name: float(df.loc[df[label] == name, x].iloc[0]) for name in groups})
+    counts = {name: float(df.loc[df[label] == name, x].iloc[0]) for name in groups}
+    shown = dodged_positions(counts)
     for name in groups:
         rows = df[df[label] == name]
         colour, marker = styles[name]
@@ -224,8 +225,7 @@ def plot_params_vs_accuracy(df, x: str = "trainable", y: str = "test accuracy", 
         ax.errorbar([px], [mean], yerr=[[mean - values.min()], [values.max() - mean]], color=colour, marker=marker,
                     markersize=8, capsize=3, linestyle="none", label=f"{name} (n={len(values)})")
     ax.set_xscale("log")
-    moved = any(shown[name] != float(df.loc[df[label] == name, x].iloc[0]) for name in groups)
-    ax.set_xlabel(f"{x} parameters (log scale{'; near-equal counts drawn side by side' if moved else ''})")
+    ax.set_xlabel(f"{x} parameters (log scale{'; near-equal counts drawn side by side' if shown != counts else ''})")
     ax.set_ylabel(f"{y} (%)")
     ax.margins(x=0.15, y=0.12)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="mean, min-max", title_fontsize=8)
@@ -547,6 +547,18 @@ def _draw_runs(ax, values, row: float, style: tuple[str, str], point_size: float
     right = values.max() if label_after is None else max(values.max(), label_after)
     ax.annotate(f"n={len(values)}", (right, row), textcoords="offset points",
                 xytext=(5 if label_after is None else 10, -3), fontsize=7)  # clear of a star's points
+
+
+def plot_schedules(decay, warm):
+    """Notebook 14's weight decay and warm-up runs (``ftlab.overfitting.schedule_runs``) side by side: test accuracy
+    per setting, every seed a point, in the order of the table (a run without the option first), not ranked."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 3.6), gridspec_kw={"width_ratios": [1, 1.3]})
+    plot_spread(decay, value="value", by="setting", ax=left, ranked=False)
+    left.set(title="digits: weight decay (full fine-tuning)", xlabel="test accuracy (%)")
+    plot_spread(warm, value="value", by="setting", ax=right, ranked=False)
+    right.set(title="sentiment: warm-up then cosine decay, against a constant rate", xlabel="test accuracy (%)")
+    fig.tight_layout()
+    return fig
 
 
 def seed_count(counts) -> str:
@@ -1094,7 +1106,7 @@ def plot_results_spread(rows, metrics: Sequence[str], by: str = "setting", live:
             mine_live = live.get(group, {}).get(metric) if live else None
             _draw_runs(ax, values, row, styles[group], label_after=mine_live)
             if mine_live is not None:
-                ax.scatter([live[group][metric]], [row], marker="*", s=170, color="white", edgecolors="black",
+                ax.scatter([mine_live], [row], marker="*", s=170, color="white", edgecolors="black",
                            linewidths=0.9, zorder=4)
         ax.set_xlabel(metric)
         ax.grid(axis="x", alpha=0.3)

@@ -189,3 +189,21 @@ def test_check_results_passes_a_current_file_and_names_a_changed_setting_and_a_r
         "setting 'num_steps': made with 60, now 120",
         f"recipe full: the file records lr {overfitting.LR_GRID['full'][0]}, the grid's rows pick "
         f"{overfitting.LR_GRID['full'][1]:g}"]
+
+
+def test_schedule_runs_labels_each_run_and_plot_schedules_keeps_the_files_order():
+    import matplotlib.pyplot as plt
+
+    from ftlab.overfitting import schedule_runs
+    from ftlab.viz import plot_schedules
+
+    rows = pd.DataFrame({"task": ["digits"] * 4 + ["sentiment"] * 4, "method": ["full"] * 4 + ["lora"] * 4,
+                         "lr": [3e-4] * 4 + [3e-3] * 4, "weight_decay": [0.0, 0.1, 0.0, 0.1] + [0.0] * 4,
+                         "warmup_steps": [0] * 4 + [0, 8, 0, 8], "value": [0.9, 0.8, 0.85, 0.95, 0.7, 0.6, 0.8, 0.9]})
+    decay, warm = schedule_runs(rows)
+    assert list(decay["setting"]) == ["weight decay 0", "weight decay 0.1"] * 2
+    assert list(warm["setting"]) == ["lora lr 0.003, constant", "lora lr 0.003, warm-up 8 + cosine"] * 2
+    left, right = plot_schedules(decay, warm).axes
+    assert [t.get_text() for t in left.get_yticklabels()] == ["weight decay 0.1", "weight decay 0"]  # first on top
+    assert right.get_title().startswith("sentiment: warm-up then cosine decay")
+    plt.close("all")
