@@ -24,17 +24,53 @@ do not inflate). Classroom sizes by default, shrunk in FAST mode (``ftlab.config
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 from torch.utils.data import Subset
 
-from ftlab.config import pick, seed_everything
+from ftlab.config import mode, pick, seed_everything
 from ftlab.measure import count_parameters
 from ftlab.methods import apply
+from ftlab.sweep import (
+    RESULTS_DIR,
+    check_writable,
+    checkpoint_hashes,
+    load_results_file,
+    provenance_problems,
+    record_provenance,
+    refuse_fast_writes,
+)
 from ftlab.train import fit
 from ftlab.validate import check_positive_int
+
+# The sizes of each experiment when an argument is not given: (classroom, FAST). The classroom sizes made the
+# reference results (``make_reference``); their provenance records them, so changing one makes the shipped file stale.
+DEFAULTS: dict[str, tuple[dict, dict]] = {
+    "qa": ({"num_steps": 60, "batch_size": 16, "sizes": {"train": 2000, "validation": 8, "test": 200}},
+           {"num_steps": 2, "batch_size": 4, "sizes": {"train": 16, "validation": 4, "test": 8}}),
+    "domain": ({"num_steps": 150, "batch_size": 8, "block_size": 128, "num_eval": 50, "sizes": None},
+               {"num_steps": 2, "batch_size": 2, "block_size": 32, "num_eval": 4,
+                "sizes": {"train": 40, "validation": 2, "test": 4}}),
+    "instruction": ({"pretraining_steps": 150, "pretraining_batch_size": 8, "block_size": 128, "num_steps": 200,
+                     "batch_size": 16, "num_test": 150, "corpus_sizes": None, "question_sizes": None},
+                    {"pretraining_steps": 2, "pretraining_batch_size": 2, "block_size": 32, "num_steps": 2,
+                     "batch_size": 2, "num_test": 5, "corpus_sizes": {"train": 40, "validation": 2, "test": 2},
+                     "question_sizes": {"train": 20, "validation": 5, "test": 5}}),
+    "boxes": ({"labels_per_class": [10, 50], "num_steps": 100, "batch_size": 32, "num_test": None},
+              {"labels_per_class": [1], "num_steps": 2, "batch_size": 4, "num_test": 8}),
+    "translation": ({"num_steps": 300, "batch_size": 16, "num_test": 300, "sizes": None},
+                    {"num_steps": 2, "batch_size": 2, "num_test": 4,
+                     "sizes": {"train": 20, "validation": 2, "test": 4}}),
+}
+
+
+def _defaults(name: str) -> dict:
+    """The sizes of experiment ``name`` in the current mode (``DEFAULTS``)."""
+    return pick(*DEFAULTS[name])
 
 
 def _check_runs(methods: Sequence[str] | None, known: dict[str, dict], seeds: Sequence[int]) -> list[str]:
@@ -105,9 +141,10 @@ def qa_experiment(methods: Sequence[str] | None = None, *, seeds: Sequence[int] 
     from ftlab.tasks.qa import evaluate_qa, load_span_qa, make_qa, qa_loader
 
     labels = _check_runs(methods, QA_METHODS, seeds)
-    num_steps = check_positive_int("num_steps", num_steps or pick(60, 2))
-    batch_size = check_positive_int("batch_size", batch_size or pick(16, 4))
-    sizes = sizes or pick({"train": 2000, "validation": 8, "test": 200}, {"train": 16, "validation": 4, "test": 8})
+    defaults = _defaults("qa")
+    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
+    sizes = sizes or defaults["sizes"]
     rows = []
     for seed, label, options, data in _each_run(labels, QA_METHODS, seeds, lambda seed: make_qa(seed, sizes)):
         model, tokenizer = load_span_qa(pretrained=options.get("pretrained", True), seed=seed)
@@ -189,13 +226,14 @@ def domain_pretraining_experiment(methods: Sequence[str] | None = None, *, seeds
     from ftlab.zoo import load_gpt2
 
     labels = _check_runs(methods, DOMAIN_METHODS, seeds)
-    num_steps = check_positive_int("num_steps", num_steps or pick(150, 2))
-    batch_size = check_positive_int("batch_size", batch_size or pick(8, 2))
-    block_size = check_positive_int("block_size", block_size or pick(128, 32))
-    num_eval = check_positive_int("num_eval", num_eval or pick(50, 4))
+    defaults = _defaults("domain")
+    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
+    block_size = check_positive_int("block_size", block_size or defaults["block_size"])
+    num_eval = check_positive_int("num_eval", num_eval or defaults["num_eval"])
     general = general_test_documents()[:num_eval]
     rows = []
-    sizes = pick(None, {"train": 40, "validation": 2, "test": num_eval})
+    sizes = defaults["sizes"] and {**defaults["sizes"], "test": max(num_eval, defaults["sizes"]["test"])}
     for seed, label, options, corpus in _each_run(labels, DOMAIN_METHODS, seeds,
                                                   lambda seed: make_domain_corpus(seed, sizes=sizes)):
         domain = corpus["test"][:num_eval]
@@ -243,13 +281,14 @@ def boxes_experiment(methods: Sequence[str] | None = None, *, labels_per_class: 
     from ftlab.tasks.boxes import box_loader, box_loss, box_model, evaluate_boxes, make_boxes
 
     labels = _check_runs(methods, BOX_METHODS, seeds)
-    counts_per_class = list(labels_per_class or pick([10, 50], [1]))
-    num_steps = check_positive_int("num_steps", num_steps or pick(100, 2))
-    batch_size = check_positive_int("batch_size", batch_size or pick(32, 4))
+    defaults = _defaults("boxes")
+    counts_per_class = list(labels_per_class or defaults["labels_per_class"])
+    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
     rows = []
     for k in counts_per_class:
         for seed, label, options, data in _each_run(labels, BOX_METHODS, seeds, functools.partial(make_boxes, k)):
-            test = Subset(data["test"], range(pick(len(data["test"]), 8)))
+            test = Subset(data["test"], range(min(len(data["test"]), defaults["num_test"] or len(data["test"]))))
             model = box_model("glyphs" if options.get("pretrained", True) else "scratch", seed=seed)
             model = _apply(model, options, ["fc"])
             train = box_loader(data["train"], batch_size=min(batch_size, len(data["train"])), shuffle=True, seed=seed)
@@ -296,22 +335,26 @@ def domain_instruction_experiment(starts: Sequence[str] = DOMAIN_STARTS, *, seed
         raise ValueError(f"unknown start {unknown[0] if unknown else starts!r}; "
                          f"choose from: {', '.join(DOMAIN_STARTS)}")
     _check_runs(None, DOMAIN_METHODS, seeds)
-    pretraining_steps = check_positive_int("pretraining_steps", pretraining_steps or pick(150, 2))
-    num_steps = check_positive_int("num_steps", num_steps or pick(200, 2))
-    batch_size = check_positive_int("batch_size", batch_size or pick(16, 2))
-    num_test = check_positive_int("num_test", num_test or pick(150, 5))
+    defaults = _defaults("instruction")
+    pretraining_steps = check_positive_int("pretraining_steps", pretraining_steps or defaults["pretraining_steps"])
+    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
+    num_test = check_positive_int("num_test", num_test or defaults["num_test"])
+    question_sizes = defaults["question_sizes"] and {**defaults["question_sizes"],
+                                                     "test": max(num_test, defaults["question_sizes"]["test"])}
     rows = []
     for seed in seeds:
-        corpus = make_domain_corpus(seed, sizes=pick(None, {"train": 40, "validation": 2, "test": 2}))
-        questions = make_domain_instructions(seed, sizes=pick(None, {"train": 20, "validation": 5, "test": num_test}))
+        corpus = make_domain_corpus(seed, sizes=defaults["corpus_sizes"])
+        questions = make_domain_instructions(seed, sizes=question_sizes)
         for start_name in starts:
             seed_everything(seed)
             model, tokenizer = load_gpt2()
             start, cpu = time.perf_counter(), time.process_time()
             if start_name == "domain-adapted":
                 model = continue_pretraining(model, tokenizer, corpus["train"], DOMAIN_METHODS["lora + embeddings"],
-                                             num_steps=pretraining_steps, batch_size=pick(8, 2),
-                                             block_size=pick(128, 32), seed=seed, progress=progress)
+                                             num_steps=pretraining_steps,
+                                             batch_size=defaults["pretraining_batch_size"],
+                                             block_size=defaults["block_size"], seed=seed, progress=progress)
                 model = merge_and_unload(model)
             model = _apply(model, DOMAIN_SFT, [])
             train_sft(model, tokenizer, questions["train"], num_steps=num_steps, lr=DOMAIN_SFT["lr"],
@@ -357,11 +400,12 @@ def translation_experiment(methods: Sequence[str] | None = None, *, seeds: Seque
     from ftlab.zoo import load_gpt2
 
     labels = _check_runs(methods, TRANSLATION_METHODS, seeds)
-    num_steps = check_positive_int("num_steps", num_steps or pick(300, 2))
-    batch_size = check_positive_int("batch_size", batch_size or pick(16, 2))
-    num_test = check_positive_int("num_test", num_test or pick(300, 4))
+    defaults = _defaults("translation")
+    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
+    num_test = check_positive_int("num_test", num_test or defaults["num_test"])
     rows = []
-    sizes = pick(None, {"train": 20, "validation": 2, "test": num_test})
+    sizes = defaults["sizes"] and {**defaults["sizes"], "test": max(num_test, defaults["sizes"]["test"])}
     for seed, label, options, data in _each_run(labels, TRANSLATION_METHODS, seeds,
                                                 lambda seed: make_translation(seed, sizes=sizes)):
         test = data["test"][:num_test]
@@ -385,3 +429,92 @@ def translation_experiment(methods: Sequence[str] | None = None, *, seeds: Seque
                      "chrf": scores["chrf"], **per_kind, "trainable": counts["trainable"],
                      "total": counts["total"], "seconds": seconds, "cpu seconds": cpu})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- reference results
+
+REFERENCE_SEEDS = (0, 1, 2)
+# name: (experiment, its arguments, the task of ftlab.compare.CHECKPOINTS whose checkpoint it fine-tunes)
+REFERENCES: dict[str, tuple] = {
+    "qa": (qa_experiment, {}, "sentiment"),
+    "domain": (domain_pretraining_experiment, {}, "instructions"),
+    "instruction": (domain_instruction_experiment, {}, "instructions"),
+    "boxes": (boxes_experiment, {"labels_per_class": [10]}, "digits"),
+    "translation": (translation_experiment, {}, "instructions"),
+}
+
+
+def _methods_table(name: str) -> dict:
+    return {"qa": QA_METHODS, "domain": DOMAIN_METHODS, "boxes": BOX_METHODS, "translation": TRANSLATION_METHODS,
+            "instruction": {"pretraining": DOMAIN_METHODS["lora + embeddings"], "sft": DOMAIN_SFT}}[name]
+
+
+def _check_reference_name(name: str) -> None:
+    if name not in REFERENCES:
+        raise ValueError(f"unknown scenario {name!r}; the reference results are: {', '.join(REFERENCES)}")
+
+
+def reference_paths(name: str, out: str | Path = RESULTS_DIR) -> tuple[Path, Path]:
+    """``(csv, json)`` of a scenario's reference results: ``out/scenarios_<name>.csv`` and ``.json``."""
+    _check_reference_name(name)
+    return Path(out) / f"scenarios_{name}.csv", Path(out) / f"scenarios_{name}.json"
+
+
+def reference_settings(name: str, run_mode: str | None = None) -> dict:
+    """What the reference results of scenario ``name`` depend on: the experiment, its arguments, the sizes of the
+    mode (``DEFAULTS``), the methods with their options, and the seeds."""
+    _check_reference_name(name)
+    experiment, arguments, _ = REFERENCES[name]
+    run_mode = run_mode or mode()
+    return {"kind": "scenarios", "scenario": name, "mode": run_mode, "experiment": experiment.__name__,
+            "arguments": arguments, "defaults": DEFAULTS[name][0 if run_mode == "classroom" else 1],
+            "methods": _methods_table(name), "seeds": list(REFERENCE_SEEDS)}
+
+
+def make_reference(name: str, out: str | Path = RESULTS_DIR, *, progress: bool = False,
+                   command: str | None = None) -> pd.DataFrame:
+    """Run scenario ``name``'s experiment (``REFERENCES``) for ``REFERENCE_SEEDS`` and write its rows and provenance
+    (settings, the checkpoint's SHA-256, the command with ftlab's commit) to ``reference_paths(name, out)``,
+    replacing any earlier file. Refuses FAST mode into the shipped folder before anything runs."""
+    csv_path, json_path = reference_paths(name, out)
+    check_writable([csv_path, json_path])
+    refuse_fast_writes(out)
+    experiment, arguments, task = REFERENCES[name]
+    rows = experiment(seeds=REFERENCE_SEEDS, progress=progress, **arguments)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(csv_path, index=False)
+    json_path.unlink(missing_ok=True)
+    new = {"file": csv_path.name, "columns": list(rows.columns), "settings": reference_settings(name),
+           "checkpoints": checkpoint_hashes(task), "commands": []}
+    record_provenance(json_path, new, command or f"python tools/scenario_reference.py {name}")
+    return rows
+
+
+def load_reference(name: str, out: str | Path = RESULTS_DIR) -> pd.DataFrame:
+    """The shipped reference rows of scenario ``name`` (``REFERENCES``), provenance in ``df.attrs["provenance"]``."""
+    csv_path, json_path = reference_paths(name, out)
+    return load_results_file(csv_path, json_path, f"make them with python tools/scenario_reference.py {name}")
+
+
+def check_reference(json_path: str | Path) -> list[str]:
+    """What no longer matches between a scenario's reference file (``.json`` and ``.csv``) and the code: the
+    checkpoint's SHA-256, the classroom settings (``reference_settings``), the columns, and one row per seed and
+    method (or start). One sentence per problem; empty: the file is current."""
+    json_path = Path(json_path)
+    stored = json.loads(json_path.read_text())
+    name = stored["settings"]["scenario"]
+    problems = provenance_problems(stored, reference_settings(name, "classroom"),
+                                   checkpoint_hashes(REFERENCES[name][2]))
+    rows = pd.read_csv(json_path.with_suffix(".csv"))
+    if list(rows.columns) != stored["columns"]:
+        problems.append(f"{json_path.with_suffix('.csv').name}: columns {list(rows.columns)}, "
+                        f"the provenance says {stored['columns']}")
+        return problems
+    runs = DOMAIN_STARTS if name == "instruction" else list(_methods_table(name))
+    column = "start" if name == "instruction" else "method"
+    expected = {(seed, run) for seed in REFERENCE_SEEDS for run in runs}
+    found = set(zip(rows["seed"], rows[column]))
+    if found != expected or len(rows) != len(expected) * len(REFERENCES[name][1].get("labels_per_class", [0])):
+        problems.append(f"{json_path.with_suffix('.csv').name}: rows for {sorted(found)}, expected one per seed and "
+                        f"{column}: {sorted(expected)}")
+    return problems

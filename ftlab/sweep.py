@@ -491,7 +491,8 @@ def check_results(json_path: str | Path, rates_file: str | Path = LEARNING_RATES
     current ones; the CSV has ``COLUMNS``; a sweep's rows use the current learning rates; for a
     grid, each tuned method's rate in ``rates_file`` is the one ``choose_rate`` picks from the grid's
     rows. Returns the problems found, one sentence each (empty: the file is current). A continual sweep's file
-    (``kind`` ``"continual"``) is checked by ``ftlab.continual.check_sweep``.
+    (``kind`` ``"continual"``) is checked by ``ftlab.continual.check_sweep``, a scenario's reference file by
+    ``ftlab.scenarios.check_reference``.
     """
     json_path = Path(json_path)
     stored = json.loads(json_path.read_text())
@@ -499,6 +500,10 @@ def check_results(json_path: str | Path, rates_file: str | Path = LEARNING_RATES
         from ftlab.continual import check_sweep  # continual imports this module's helpers
 
         return check_sweep(json_path)
+    if stored["settings"]["kind"] == "scenarios":  # notebook 17's files: one experiment's rows each
+        from ftlab import scenarios  # here: ftlab.scenarios imports this module
+
+        return scenarios.check_reference(json_path)
     if stored["settings"]["kind"].startswith("overfitting"):  # notebook 14's files have their own settings
         from ftlab import overfitting  # here: ftlab.overfitting imports this module
 
