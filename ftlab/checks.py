@@ -1705,7 +1705,8 @@ def squad_f1(prediction: str, truth: str) -> float:
                 "precision = common / predicted tokens, recall = common / true tokens, F1 their harmonic mean; two "
                 "empty answers agree (1.0), one empty answer scores 0",
           sketch="p, t = normalise(prediction).split(), normalise(truth).split(); common = sum((Counter(p) & "
-                 "Counter(t)).values()); precision = common / ____; recall = common / ____; f1 = ______")
+                 "Counter(t)).values()); precision = common / ____; recall = common / ____; f1 = ______",
+          refuse=("ftlab.tasks.qa:f1_score", "ftlab.tasks.qa:squad_scores"))
 def check_squad_f1(call) -> Problem | None:
     """Exercise (notebook 17): ``fn(prediction, truth)`` returns SQuAD's token-level F1 of two answer strings, with
     SQuAD's normalisation. Random answers with repeated words, articles, punctuation and capitals, and empty ones."""
@@ -1754,7 +1755,8 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                 "the two left/top edges and the smaller of the two right/bottom edges, empty (width or height 0, "
                 "never negative) when they do not overlap; union = area_a + area_b - intersection",
           sketch="w = (min(a.x2, b.x2) - max(a.x1, b.x1)).______(min=0); same for h; inter = w * h; "
-                 "return inter / (area_a + area_b - ____)")
+                 "return inter / (area_a + area_b - ____)",
+          refuse=("ftlab.tasks.boxes:box_iou",))
 def check_iou(call) -> Problem | None:
     """Exercise (notebook 17): ``fn(boxes_a, boxes_b)`` returns the IoU of corresponding boxes, (N,), for boxes (N, 4)
     in (x1, y1, x2, y2) corners. Random boxes, plus disjoint, nested, identical and edge-touching pairs."""
@@ -1812,7 +1814,8 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, max_answer_l
                 "s <= e and at most max_answer_length tokens (e - s + 1 <= max_answer_length) are answers; the "
                 "separate argmaxes of the two logits often break these rules",
           sketch="scores = start_logits[:, None] + end_logits[None, :]   # (T, T); set the entries with e < s or "
-                 "e - s + 1 > max_answer_length to -inf; the argmax of what remains, as (row, column)")
+                 "e - s + 1 > max_answer_length to -inf; the argmax of what remains, as (row, column)",
+          refuse=("ftlab.tasks.qa:best_spans",))
 def check_best_span(call) -> Problem | None:
     """Exercise (notebook 17): ``fn(start_logits, end_logits, max_answer_length)`` returns the answer span (start,
     end), end inclusive, with the highest start_logits[start] + end_logits[end] among spans with start <= end and at

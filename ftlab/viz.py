@@ -1301,35 +1301,47 @@ def plot_perplexity_shift(df):
     return fig
 
 
-def plot_boxes(dataset, predicted=None, classes: Sequence[str] | None = None, n: int = 8, ncols: int = 8):
-    """The first ``n`` images of a ``ftlab.tasks.boxes`` split with their true boxes (green) and, given
-    ``predicted`` ``(logits (N, C), boxes (N, 4))`` from ``split_outputs``, the predicted box (red) and class."""
+def plot_boxes(dataset, predicted=None, classes: Sequence[str] | None = None, n: int = 8, ncols: int = 8,
+               start: int = 0, only_misses: bool = False):
+    """``n`` images of a ``ftlab.tasks.boxes`` split from index ``start``, with their true boxes (green) and, given
+    ``predicted`` ``(logits (N, C), boxes (N, 4))`` from ``predict_boxes``, the predicted box (red), class and IoU.
+    ``only_misses``: only the images whose prediction has the wrong class or an IoU below 0.5."""
+    import torch
     from matplotlib.patches import Rectangle
 
+    from ftlab.tasks.boxes import box_iou
     from ftlab.tasks.images import to_unit
 
-    x, y, boxes = (t[:n] for t in dataset[:n])
-    nrows = (len(x) + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.8 * nrows), squeeze=False)
+    x, y, boxes = dataset[:]
+    indices = torch.arange(len(x))
+    if predicted is not None:
+        logits, predicted_boxes = predicted
+        ious = box_iou(predicted_boxes, boxes)  # (N,)
+        if only_misses:
+            indices = indices[(logits.argmax(-1) != y) | (ious < 0.5)]
+    indices = indices[start:start + n]
+    nrows = max(1, (len(indices) + ncols - 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.9 * nrows), squeeze=False)
     size = x.shape[-1]
-    for i, ax in enumerate(axes.flat):
+    for ax in axes.flat:
         ax.axis("off")
-        if i >= len(x):
-            continue
+    for ax, i in zip(axes.flat, indices.tolist()):
         ax.imshow(to_unit(x[i]).permute(1, 2, 0))
         shown = [(boxes[i], "lime", str(classes[y[i]] if classes else int(y[i])))]
         if predicted is not None:
-            logits, predicted_boxes = predicted
             k = int(logits[i].argmax())
             shown.append((predicted_boxes[i], "red", str(classes[k] if classes else k)))
-        title = []
-        for box, color, name in shown:
+        for box, color, _ in shown:
             b = (box * size).tolist()
             ax.add_patch(Rectangle((b[0] - 0.5, b[1] - 0.5), b[2] - b[0], b[3] - b[1], fill=False, color=color,
                                    linewidth=1.5))
-            title.append(name)
-        ax.set_title(" / ".join(title), fontsize=8)
-    fig.suptitle("green: true box and class" + (", red: predicted" if predicted is not None else ""), fontsize=9)
+        title = " / ".join(name for _, _, name in shown)
+        ax.set_title(f"#{i}: {title}" + (f"\nIoU {ious[i]:.2f}" if predicted is not None else ""), fontsize=8)
+    what = "misses (wrong class or IoU < 0.5)" if only_misses and predicted is not None else "images"
+    if len(indices) == 0:
+        axes.flat[0].text(0.5, 0.5, f"no {what} from #{start} on", ha="center", va="center", fontsize=9)
+    fig.suptitle(f"{what}: green true box and class" + (", red predicted" if predicted is not None else ""),
+                 fontsize=9)
     fig.tight_layout()
     plt.close(fig)
     return fig

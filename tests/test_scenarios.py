@@ -1,4 +1,6 @@
 """Each scenario experiment runs end to end in FAST mode, one row per run; bad options fail before training."""
+import json
+
 import pandas as pd
 import pytest
 
@@ -68,3 +70,46 @@ def test_translation_experiment_scores_both_directions():
 def test_bad_options_fail_before_any_training(run, message):
     with pytest.raises(ValueError, match=message):
         run()
+
+
+# ---------------------------------------------------------------- reference results
+
+
+def _fake_boxes(methods=None, *, seeds, labels_per_class, progress):
+    """Rows shaped like boxes_experiment's, made instantly, so the file handling is tested without training."""
+    return pd.DataFrame([{"task": "boxes", "method": m, "labels_per_class": labels_per_class[0], "seed": s,
+                          "accuracy": 0.5} for s in seeds for m in scenarios.BOX_METHODS])
+
+
+def test_make_reference_writes_rows_and_provenance_that_check_reference_accepts(tmp_path, monkeypatch):
+    monkeypatch.setitem(scenarios.REFERENCES, "boxes", (_fake_boxes, {"labels_per_class": [10]}, "digits"))
+    rows = scenarios.make_reference("boxes", tmp_path, command="test")
+    loaded = scenarios.load_reference("boxes", tmp_path)
+    pd.testing.assert_frame_equal(loaded, rows)
+    stored = loaded.attrs["provenance"]
+    assert stored["settings"]["scenario"] == "boxes" and stored["settings"]["seeds"] == [0, 1, 2]
+    assert stored["commands"][0]["command"] == "test" and stored["columns"] == list(rows.columns)
+    json_path = tmp_path / "scenarios_boxes.json"
+    # FAST sizes are in the provenance, so the file is stale against the classroom settings, and says so
+    problems = scenarios.check_reference(json_path)
+    assert problems == [f"setting 'defaults': made with {scenarios.DEFAULTS['boxes'][1]!r}, "
+                        f"now {scenarios.DEFAULTS['boxes'][0]!r}", "setting 'mode': made with 'FAST', now 'classroom'"]
+    monkeypatch.setitem(scenarios.DEFAULTS, "boxes", (scenarios.DEFAULTS["boxes"][1],) * 2)
+    monkeypatch.setattr(scenarios, "mode", lambda: "classroom")
+    scenarios.make_reference("boxes", tmp_path, command="again")
+    assert scenarios.check_reference(json_path) == []
+    assert [c["command"] for c in json.loads(json_path.read_text())["commands"]] == ["again"]  # replaced, not added
+    rows.iloc[1:].to_csv(tmp_path / "scenarios_boxes.csv", index=False)  # one run missing
+    assert scenarios.check_reference(json_path)[0].startswith("scenarios_boxes.csv: rows for ")
+
+
+def test_reference_files_refuse_unknown_names_and_fast_writes_before_running(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setitem(scenarios.REFERENCES, "boxes", (lambda **kw: ran.append(kw), {}, "digits"))
+    with pytest.raises(ValueError, match="unknown scenario 'cells'; the reference results are: qa, domain"):
+        scenarios.make_reference("cells", tmp_path)
+    with pytest.raises(ValueError, match="FAST mode .* must not write the reference results"):
+        scenarios.make_reference("boxes")
+    with pytest.raises(FileNotFoundError, match="python tools/scenario_reference.py qa"):
+        scenarios.load_reference("qa", tmp_path)
+    assert ran == [] and list(tmp_path.iterdir()) == []

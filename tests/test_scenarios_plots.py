@@ -45,6 +45,24 @@ def test_boxes_plot_shows_true_and_predicted_boxes():
     logits = torch.nn.functional.one_hot(torch.tensor([1, 0, 3]), 10).float()
     fig = plot_boxes(dataset, predicted=(logits, truth + 0.1), n=3, ncols=3)
     assert sum(len(ax.patches) for ax in fig.axes) == 6
-    assert [ax.get_title() for ax in fig.axes] == ["1 / 1", "2 / 0", "3 / 3"]
+    iou = 0.3 ** 2 / (2 * 0.4 ** 2 - 0.3 ** 2)  # boxes of side 0.4 shifted by 0.1 in x and y
+    assert [ax.get_title() for ax in fig.axes] == [f"#{i}: {t}\nIoU {iou:.2f}" for i, t in
+                                                   enumerate(["1 / 1", "2 / 0", "3 / 3"])]
     patch = fig.axes[0].patches[0]
     assert patch.get_width() == pytest.approx(0.4 * 64) and patch.get_xy() == pytest.approx((0.1 * 64 - 0.5,) * 2)
+
+
+def test_boxes_plot_pages_through_the_split_and_can_show_only_the_misses():
+    x, y = torch.zeros(5, 3, 64, 64), torch.tensor([0, 1, 2, 3, 4])
+    truth = torch.tensor([[0.1, 0.1, 0.5, 0.5]] * 5)
+    predicted_boxes = truth.clone()
+    predicted_boxes[3] = torch.tensor([0.6, 0.6, 0.9, 0.9])  # #3: no overlap
+    logits = torch.nn.functional.one_hot(torch.tensor([0, 1, 0, 3, 4]), 10).float()  # #2: wrong class
+    dataset = torch.utils.data.TensorDataset(x, y, truth)
+    titles = [ax.get_title().split(":")[0] for ax in plot_boxes(dataset, n=2, ncols=2, start=3).axes]
+    assert titles == ["#3", "#4"]
+    fig = plot_boxes(dataset, predicted=(logits, predicted_boxes), n=4, ncols=4, only_misses=True)
+    assert [ax.get_title().split(":")[0] for ax in fig.axes if ax.get_title()] == ["#2", "#3"]
+    assert "misses" in fig._suptitle.get_text()
+    empty = plot_boxes(dataset, predicted=(logits, predicted_boxes), n=4, ncols=4, only_misses=True, start=2)
+    assert "no misses" in empty.axes[0].texts[0].get_text()

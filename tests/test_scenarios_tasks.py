@@ -356,3 +356,21 @@ def test_translation_scores_normalise_then_average():
     assert scores["chrf"] == pytest.approx((1 + translation.chrf("netu", "netum")) / 2)
     with pytest.raises(ValueError, match="1 predictions for 2 references"):
         translation.translation_scores(["a"], ["a", "b"])
+
+
+def test_predict_boxes_gives_logits_and_corner_boxes_that_evaluate_boxes_scores():
+    from torch.utils.data import TensorDataset
+
+    from ftlab.tasks.boxes import box_iou, box_model, evaluate_boxes, predict_boxes
+
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 3, 64, 64), torch.tensor([0, 1, 2, 3, 4, 5])
+    truth = torch.tensor([[0.1, 0.2, 0.5, 0.6]] * 6)
+    data = TensorDataset(x, y, truth)
+    model = box_model("scratch", seed=0)
+    logits, boxes = predict_boxes(model, data, batch_size=4)
+    assert logits.shape == (6, 10) and boxes.shape == (6, 4)
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    scores = evaluate_boxes(model, data, batch_size=4)
+    assert scores["accuracy"] == pytest.approx((logits.argmax(-1) == y).float().mean().item())
+    assert scores["mean iou"] == pytest.approx(box_iou(boxes, truth).mean().item())

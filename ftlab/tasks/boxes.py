@@ -167,17 +167,25 @@ def box_loss(model: nn.Module, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
+def predict_boxes(model: nn.Module, dataset: TensorDataset, *,
+                  batch_size: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (N, C), boxes (N, 4) as (x0, y0, x1, y1))`` of ``model`` on every image of ``dataset``, on the CPU."""
+    device = next(model.parameters()).device
+    logits, boxes = [], []
+    with eval_mode(model):
+        for x, _, _ in box_loader(dataset, batch_size=batch_size):
+            batch_logits, batch_boxes = split_outputs(model(x.to(device)))
+            logits.append(batch_logits.cpu())
+            boxes.append(batch_boxes.cpu())
+    return torch.cat(logits), torch.cat(boxes)
+
+
 def evaluate_boxes(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 100) -> dict[str, float]:
     """``{"accuracy", "mean iou", "acc@iou0.5", "localised"}``: class accuracy, mean IoU, the fraction with
     the right class and IoU >= 0.5, and the fraction with IoU >= 0.5 whatever the class."""
-    device = next(model.parameters()).device
-    correct, ious = [], []
-    with eval_mode(model):
-        for x, y, boxes in box_loader(dataset, batch_size=batch_size):
-            logits, predicted = split_outputs(model(x.to(device)))
-            correct.append(logits.argmax(-1).cpu() == y)
-            ious.append(box_iou(predicted.cpu(), boxes))
-    correct, ious = torch.cat(correct), torch.cat(ious)
+    logits, predicted = predict_boxes(model, dataset, batch_size=batch_size)
+    y, boxes = (torch.cat(parts) for parts in zip(*[(y, b) for _, y, b in box_loader(dataset, batch_size=batch_size)]))
+    correct, ious = logits.argmax(-1) == y, box_iou(predicted, boxes)
     localised = ious >= 0.5
     return {"accuracy": correct.float().mean().item(), "mean iou": ious.mean().item(),
             "acc@iou0.5": (correct & localised).float().mean().item(), "localised": localised.float().mean().item()}
