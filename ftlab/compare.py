@@ -435,16 +435,19 @@ def summarize(df: pd.DataFrame, value: str | None = None, by: list[str] | None =
     return table
 
 
-def verdict(df: pd.DataFrame, a: str, b: str, value: str | None = None, by: str = "method") -> str:
+def verdict(df: pd.DataFrame, a: str, b: str, value: str | None = None, by: str = "method",
+            higher_is_better: bool = True) -> str:
     """``"a beats b"`` when every seed of ``a`` scored above every seed of ``b`` (their ranges separate),
-    ``"b beats a"`` the other way round, else ``"a and b are within noise"``.
+    ``"b beats a"`` the other way round, else ``"a and b are within noise"``. ``higher_is_better=False`` for
+    values such as a loss or a perplexity: then "beats" means every seed scored below.
 
     ``df``: one row per run (``compare``'s table, or rows of one budget of a sweep); ``value`` as in
     ``summarize``. A strict test on purpose: with 3 seeds, two methods whose ranges overlap have not
     been told apart.
     """
     value = value or df.attrs.get("metric") or "value"
-    runs = {name: df.loc[df[by] == name, value] for name in (a, b)}
+    sign = 1 if higher_is_better else -1
+    runs = {name: sign * df.loc[df[by] == name, value] for name in (a, b)}
     empty = [name for name, values in runs.items() if values.empty]
     if empty:
         raise ValueError(f"no rows with {by} == {empty[0]!r}; {by} values: {', '.join(map(str, df[by].unique()))}")

@@ -68,7 +68,7 @@ DEFAULTS: dict[str, tuple[dict, dict]] = {
 }
 
 
-def _defaults(name: str) -> dict:
+def defaults(name: str) -> dict:
     """The sizes of experiment ``name`` in the current mode (``DEFAULTS``)."""
     return pick(*DEFAULTS[name])
 
@@ -141,10 +141,10 @@ def qa_experiment(methods: Sequence[str] | None = None, *, seeds: Sequence[int] 
     from ftlab.tasks.qa import evaluate_qa, load_span_qa, make_qa, qa_loader
 
     labels = _check_runs(methods, QA_METHODS, seeds)
-    defaults = _defaults("qa")
-    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
-    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
-    sizes = sizes or defaults["sizes"]
+    default = defaults("qa")
+    num_steps = check_positive_int("num_steps", num_steps or default["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or default["batch_size"])
+    sizes = sizes or default["sizes"]
     rows = []
     for seed, label, options, data in _each_run(labels, QA_METHODS, seeds, lambda seed: make_qa(seed, sizes)):
         model, tokenizer = load_span_qa(pretrained=options.get("pretrained", True), seed=seed)
@@ -185,7 +185,7 @@ def general_test_documents() -> tuple[str, ...]:
     return tuple(make_corpus(0, sizes={"train": 50000, "validation": 500, "test": 500})["test"])
 
 
-def _language_scores(model, tokenizer, domain_docs: Sequence[str], general_docs: Sequence[str]) -> dict[str, float]:
+def language_scores(model, tokenizer, domain_docs: Sequence[str], general_docs: Sequence[str]) -> dict[str, float]:
     """Perplexity on domain and on general documents, and ``fact_recall`` (which drug treats which condition)."""
     from ftlab.lm import lm_loader, perplexity
     from ftlab.tasks.domain import fact_recall
@@ -226,24 +226,24 @@ def domain_pretraining_experiment(methods: Sequence[str] | None = None, *, seeds
     from ftlab.zoo import load_gpt2
 
     labels = _check_runs(methods, DOMAIN_METHODS, seeds)
-    defaults = _defaults("domain")
-    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
-    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
-    block_size = check_positive_int("block_size", block_size or defaults["block_size"])
-    num_eval = check_positive_int("num_eval", num_eval or defaults["num_eval"])
+    default = defaults("domain")
+    num_steps = check_positive_int("num_steps", num_steps or default["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or default["batch_size"])
+    block_size = check_positive_int("block_size", block_size or default["block_size"])
+    num_eval = check_positive_int("num_eval", num_eval or default["num_eval"])
     general = general_test_documents()[:num_eval]
     rows = []
-    sizes = defaults["sizes"] and {**defaults["sizes"], "test": max(num_eval, defaults["sizes"]["test"])}
+    sizes = default["sizes"] and {**default["sizes"], "test": max(num_eval, default["sizes"]["test"])}
     for seed, label, options, corpus in _each_run(labels, DOMAIN_METHODS, seeds,
                                                   lambda seed: make_domain_corpus(seed, sizes=sizes)):
         domain = corpus["test"][:num_eval]
         model, tokenizer = load_gpt2()
-        before = _language_scores(model, tokenizer, domain, general)
+        before = language_scores(model, tokenizer, domain, general)
         start, cpu = time.perf_counter(), time.process_time()
         model = continue_pretraining(model, tokenizer, corpus["train"], options, num_steps=num_steps,
                                      batch_size=batch_size, block_size=block_size, seed=seed, progress=progress)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        after = _language_scores(model, tokenizer, domain, general)
+        after = language_scores(model, tokenizer, domain, general)
         counts = count_parameters(model)
         rows.append({"task": "domain lm", "method": label, "seed": seed, "num_steps": num_steps,
                      "batch_size": batch_size, "block_size": block_size, "lr": options["lr"],
@@ -281,14 +281,14 @@ def boxes_experiment(methods: Sequence[str] | None = None, *, labels_per_class: 
     from ftlab.tasks.boxes import box_loader, box_loss, box_model, evaluate_boxes, make_boxes
 
     labels = _check_runs(methods, BOX_METHODS, seeds)
-    defaults = _defaults("boxes")
-    counts_per_class = list(labels_per_class or defaults["labels_per_class"])
-    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
-    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
+    default = defaults("boxes")
+    counts_per_class = list(labels_per_class or default["labels_per_class"])
+    num_steps = check_positive_int("num_steps", num_steps or default["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or default["batch_size"])
     rows = []
     for k in counts_per_class:
         for seed, label, options, data in _each_run(labels, BOX_METHODS, seeds, functools.partial(make_boxes, k)):
-            test = Subset(data["test"], range(min(len(data["test"]), defaults["num_test"] or len(data["test"]))))
+            test = Subset(data["test"], range(min(len(data["test"]), default["num_test"] or len(data["test"]))))
             model = box_model("glyphs" if options.get("pretrained", True) else "scratch", seed=seed)
             model = _apply(model, options, ["fc"])
             train = box_loader(data["train"], batch_size=min(batch_size, len(data["train"])), shuffle=True, seed=seed)
@@ -335,16 +335,16 @@ def domain_instruction_experiment(starts: Sequence[str] = DOMAIN_STARTS, *, seed
         raise ValueError(f"unknown start {unknown[0] if unknown else starts!r}; "
                          f"choose from: {', '.join(DOMAIN_STARTS)}")
     _check_runs(None, DOMAIN_METHODS, seeds)
-    defaults = _defaults("instruction")
-    pretraining_steps = check_positive_int("pretraining_steps", pretraining_steps or defaults["pretraining_steps"])
-    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
-    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
-    num_test = check_positive_int("num_test", num_test or defaults["num_test"])
-    question_sizes = defaults["question_sizes"] and {**defaults["question_sizes"],
-                                                     "test": max(num_test, defaults["question_sizes"]["test"])}
+    default = defaults("instruction")
+    pretraining_steps = check_positive_int("pretraining_steps", pretraining_steps or default["pretraining_steps"])
+    num_steps = check_positive_int("num_steps", num_steps or default["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or default["batch_size"])
+    num_test = check_positive_int("num_test", num_test or default["num_test"])
+    question_sizes = default["question_sizes"] and {**default["question_sizes"],
+                                                     "test": max(num_test, default["question_sizes"]["test"])}
     rows = []
     for seed in seeds:
-        corpus = make_domain_corpus(seed, sizes=defaults["corpus_sizes"])
+        corpus = make_domain_corpus(seed, sizes=default["corpus_sizes"])
         questions = make_domain_instructions(seed, sizes=question_sizes)
         for start_name in starts:
             seed_everything(seed)
@@ -353,8 +353,8 @@ def domain_instruction_experiment(starts: Sequence[str] = DOMAIN_STARTS, *, seed
             if start_name == "domain-adapted":
                 model = continue_pretraining(model, tokenizer, corpus["train"], DOMAIN_METHODS["lora + embeddings"],
                                              num_steps=pretraining_steps,
-                                             batch_size=defaults["pretraining_batch_size"],
-                                             block_size=defaults["block_size"], seed=seed, progress=progress)
+                                             batch_size=default["pretraining_batch_size"],
+                                             block_size=default["block_size"], seed=seed, progress=progress)
                 model = merge_and_unload(model)
             model = _apply(model, DOMAIN_SFT, [])
             train_sft(model, tokenizer, questions["train"], num_steps=num_steps, lr=DOMAIN_SFT["lr"],
@@ -400,12 +400,12 @@ def translation_experiment(methods: Sequence[str] | None = None, *, seeds: Seque
     from ftlab.zoo import load_gpt2
 
     labels = _check_runs(methods, TRANSLATION_METHODS, seeds)
-    defaults = _defaults("translation")
-    num_steps = check_positive_int("num_steps", num_steps or defaults["num_steps"])
-    batch_size = check_positive_int("batch_size", batch_size or defaults["batch_size"])
-    num_test = check_positive_int("num_test", num_test or defaults["num_test"])
+    default = defaults("translation")
+    num_steps = check_positive_int("num_steps", num_steps or default["num_steps"])
+    batch_size = check_positive_int("batch_size", batch_size or default["batch_size"])
+    num_test = check_positive_int("num_test", num_test or default["num_test"])
     rows = []
-    sizes = defaults["sizes"] and {**defaults["sizes"], "test": max(num_test, defaults["sizes"]["test"])}
+    sizes = default["sizes"] and {**default["sizes"], "test": max(num_test, default["sizes"]["test"])}
     for seed, label, options, data in _each_run(labels, TRANSLATION_METHODS, seeds,
                                                 lambda seed: make_translation(seed, sizes=sizes)):
         test = data["test"][:num_test]

@@ -249,6 +249,8 @@ def test_verdict_says_beats_only_when_the_seed_ranges_separate():
     assert verdict(df, "a", "b") == "a beats b"
     assert verdict(df, "b", "a") == "a beats b"
     assert verdict(df, "a", "c") == "a and c are within noise"
+    assert verdict(df, "a", "b", higher_is_better=False) == "b beats a"  # a perplexity: lower is better
+    assert verdict(df, "a", "c", higher_is_better=False) == "a and c are within noise"
     with pytest.raises(ValueError, match="no rows with method == 'd'"):
         verdict(df, "a", "d")
 
