@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -257,8 +258,12 @@ def domain_pretraining_experiment(methods: Sequence[str] | None = None, *, seeds
 # ---------------------------------------------------------------- object localisation
 
 # The glyph ResNet-18 with a class-and-box head: head only ("freeze": the convolutions stay as pretrained), LoRA on
-# every convolution of layer1..layer4, every weight, and every weight from random initialisation. Rates as on digits
-# (ftlab.compare.TASK_SETTINGS["digits"]).
+# every convolution of layer1..layer4, every weight, and every weight from random initialisation. Each rate is the
+# one of BOX_LR_GRID with the best accuracy at IoU 0.5 on the validation split (seed 0, 10 labels per class:
+# boxes_lr_grid, shipped as data/results/scenarios_boxes_lr.csv; check_reference checks the choice). Digits'
+# classification rates do not carry over: the head alone at 1e-2 pushed every box into the sigmoid's flat tail.
+BOX_LR_GRID: dict[str, list[float]] = {"freeze": [1e-3, 3e-3, 1e-2], "lora": [1e-3, 3e-3, 1e-2],
+                                       "full": [3e-4, 1e-3, 3e-3], "scratch": [3e-4, 1e-3, 3e-3]}
 BOX_METHODS: dict[str, dict] = {
     "freeze": {"method": "freeze", "lr": 1e-2},
     "lora": {"method": "lora", "lr": 3e-3, "r": 8},
@@ -269,6 +274,7 @@ BOX_METHODS: dict[str, dict] = {
 
 def boxes_experiment(methods: Sequence[str] | None = None, *, labels_per_class: Sequence[int] | None = None,
                      seeds: Sequence[int] = (0, 1, 2), num_steps: int | None = None, batch_size: int | None = None,
+                     rates: dict[str, float] | None = None, split: str = "test",
                      progress: bool = False) -> pd.DataFrame:
     """Localise and classify one digit on a cluttered 64x64 canvas (``ftlab.tasks.boxes``), per method, labels and seed.
 
@@ -276,11 +282,17 @@ def boxes_experiment(methods: Sequence[str] | None = None, *, labels_per_class: 
     per class, one run each (default ``[10, 50]``). Columns: ``task``, ``method``,
     ``labels_per_class``, ``seed``, ``num_steps``, ``batch_size``, ``lr``, ``accuracy``,
     ``mean iou``, ``acc@iou0.5``, ``localised`` (test, 500 digits), ``trainable``, ``total``,
-    ``seconds``, ``cpu seconds``.
+    ``seconds``, ``cpu seconds``. ``rates``: learning rates replacing ``BOX_METHODS``' (by method);
+    ``split``: the split scored, ``"test"`` or ``"validation"`` (300 digits, for choosing rates).
     """
     from ftlab.tasks.boxes import box_loader, box_loss, box_model, evaluate_boxes, make_boxes
 
     labels = _check_runs(methods, BOX_METHODS, seeds)
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    rates = dict(rates or {})
+    if set(rates) - set(labels) or not all(isinstance(v, float) and v > 0 for v in rates.values()):
+        raise ValueError(f"rates must map methods of this run ({', '.join(labels)}) to positive floats, got {rates!r}")
     default = defaults("boxes")
     counts_per_class = list(labels_per_class or default["labels_per_class"])
     num_steps = check_positive_int("num_steps", num_steps or default["num_steps"])
@@ -288,7 +300,8 @@ def boxes_experiment(methods: Sequence[str] | None = None, *, labels_per_class: 
     rows = []
     for k in counts_per_class:
         for seed, label, options, data in _each_run(labels, BOX_METHODS, seeds, functools.partial(make_boxes, k)):
-            test = Subset(data["test"], range(min(len(data["test"]), default["num_test"] or len(data["test"]))))
+            options = {**options, "lr": rates.get(label, options["lr"])}
+            test = Subset(data[split], range(min(len(data[split]), default["num_test"] or len(data[split]))))
             model = box_model("glyphs" if options.get("pretrained", True) else "scratch", seed=seed)
             model = _apply(model, options, ["fc"])
             train = box_loader(data["train"], batch_size=min(batch_size, len(data["train"])), shuffle=True, seed=seed)
@@ -297,11 +310,30 @@ def boxes_experiment(methods: Sequence[str] | None = None, *, labels_per_class: 
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
             scores = evaluate_boxes(model, test)
             counts = count_parameters(model)
-            rows.append({"task": "boxes", "method": label, "labels_per_class": k, "seed": seed,
+            rows.append({"task": "boxes", "method": label, "labels_per_class": k, "seed": seed, "split": split,
                          "num_steps": num_steps, "batch_size": batch_size, "lr": options["lr"], **scores,
                          "trainable": counts["trainable"], "total": counts["total"], "seconds": seconds,
                          "cpu seconds": cpu})
     return pd.DataFrame(rows)
+
+
+def boxes_lr_grid(methods: Sequence[str] | None = None, *, seeds: Sequence[int] = (0,),
+                  labels_per_class: Sequence[int] = (10,), progress: bool = False) -> pd.DataFrame:
+    """``boxes_experiment`` at every rate of ``BOX_LR_GRID``, scored on the validation split; one row per run."""
+    labels = _check_runs(methods, BOX_METHODS, seeds)
+    return pd.concat([boxes_experiment(labels, labels_per_class=labels_per_class, seeds=seeds, split="validation",
+                                       rates={m: BOX_LR_GRID[m][i] for m in labels}, progress=progress)
+                      for i in range(len(next(iter(BOX_LR_GRID.values()))))], ignore_index=True)
+
+
+def choose_box_rates(rows: pd.DataFrame) -> dict[str, float]:
+    """Each method's rate with the best mean ``acc@iou0.5`` over the seeds of ``boxes_lr_grid``'s rows; ties by the
+    higher mean IoU, then the smaller rate."""
+    means = rows.groupby(["method", "lr"])[["acc@iou0.5", "mean iou"]].mean()
+    return {method: float(min(group.index.get_level_values("lr"),
+                              key=lambda lr: (-round(group.loc[(method, lr), "acc@iou0.5"], 9),
+                                              -round(group.loc[(method, lr), "mean iou"], 9), lr)))
+            for method, group in means.groupby(level="method", sort=False)}
 
 
 # Instruction tuning on domain questions afterwards, the same way from both starts: LoRA with trainable embeddings
@@ -434,17 +466,22 @@ def translation_experiment(methods: Sequence[str] | None = None, *, seeds: Seque
 # ---------------------------------------------------------------- reference results
 
 REFERENCE_SEEDS = (0, 1, 2)
-# name: (experiment, its arguments, the task of ftlab.compare.CHECKPOINTS whose checkpoint it fine-tunes)
+# name: (experiment, its arguments, the task of ftlab.compare.CHECKPOINTS whose checkpoint it fine-tunes); the seeds
+# are REFERENCE_SEEDS unless the arguments say otherwise (the learning-rate grid runs seed 0 only)
 REFERENCES: dict[str, tuple] = {
     "qa": (qa_experiment, {}, "sentiment"),
     "domain": (domain_pretraining_experiment, {}, "instructions"),
     "instruction": (domain_instruction_experiment, {}, "instructions"),
+    "boxes_lr": (boxes_lr_grid, {"seeds": [0], "labels_per_class": [10]}, "digits"),
     "boxes": (boxes_experiment, {"labels_per_class": [10]}, "digits"),
     "translation": (translation_experiment, {}, "instructions"),
 }
 
 
 def _methods_table(name: str) -> dict:
+    if name == "boxes_lr":
+        return {"grid": BOX_LR_GRID, "methods": {m: {k: v for k, v in o.items() if k != "lr"}
+                                                 for m, o in BOX_METHODS.items()}}
     return {"qa": QA_METHODS, "domain": DOMAIN_METHODS, "boxes": BOX_METHODS, "translation": TRANSLATION_METHODS,
             "instruction": {"pretraining": DOMAIN_METHODS["lora + embeddings"], "sft": DOMAIN_SFT}}[name]
 
@@ -468,7 +505,7 @@ def reference_settings(name: str, run_mode: str | None = None) -> dict:
     run_mode = run_mode or mode()
     return {"kind": "scenarios", "scenario": name, "mode": run_mode, "experiment": experiment.__name__,
             "arguments": arguments, "defaults": DEFAULTS[name][0 if run_mode == "classroom" else 1],
-            "methods": _methods_table(name), "seeds": list(REFERENCE_SEEDS)}
+            "methods": _methods_table(name), "seeds": list(arguments.get("seeds", REFERENCE_SEEDS))}
 
 
 def make_reference(name: str, out: str | Path = RESULTS_DIR, *, progress: bool = False,
@@ -480,7 +517,7 @@ def make_reference(name: str, out: str | Path = RESULTS_DIR, *, progress: bool =
     check_writable([csv_path, json_path])
     refuse_fast_writes(out)
     experiment, arguments, task = REFERENCES[name]
-    rows = experiment(seeds=REFERENCE_SEEDS, progress=progress, **arguments)
+    rows = experiment(**{"seeds": REFERENCE_SEEDS, **arguments}, progress=progress)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     rows.to_csv(csv_path, index=False)
     json_path.unlink(missing_ok=True)
@@ -499,7 +536,8 @@ def load_reference(name: str, out: str | Path = RESULTS_DIR) -> pd.DataFrame:
 def check_reference(json_path: str | Path) -> list[str]:
     """What no longer matches between a scenario's reference file (``.json`` and ``.csv``) and the code: the
     checkpoint's SHA-256, the classroom settings (``reference_settings``), the columns, and one row per seed and
-    method (or start). One sentence per problem; empty: the file is current."""
+    method (or start) (for the learning-rate grid, one per rate, and ``BOX_METHODS`` holding the rates it
+    chooses). One sentence per problem; empty: the file is current."""
     json_path = Path(json_path)
     stored = json.loads(json_path.read_text())
     name = stored["settings"]["scenario"]
@@ -512,9 +550,15 @@ def check_reference(json_path: str | Path) -> list[str]:
         return problems
     runs = DOMAIN_STARTS if name == "instruction" else list(_methods_table(name))
     column = "start" if name == "instruction" else "method"
-    expected = {(seed, run) for seed in REFERENCE_SEEDS for run in runs}
+    arguments = REFERENCES[name][1]
+    expected = {(seed, run) for seed in arguments.get("seeds", REFERENCE_SEEDS) for run in runs}
     found = set(zip(rows["seed"], rows[column]))
-    if found != expected or len(rows) != len(expected) * len(REFERENCES[name][1].get("labels_per_class", [0])):
+    per_pair = len(arguments.get("labels_per_class", [0])) * (len(BOX_LR_GRID["full"]) if name == "boxes_lr" else 1)
+    if name == "boxes_lr" and found == expected:
+        chosen = choose_box_rates(rows)
+        problems += [f"method {m}: BOX_METHODS has lr {BOX_METHODS[m]['lr']:g}, the grid's rows choose {lr:g}"
+                     for m, lr in chosen.items() if not math.isclose(BOX_METHODS[m]["lr"], lr, rel_tol=1e-9)]
+    if found != expected or len(rows) != len(expected) * per_pair:
         problems.append(f"{json_path.with_suffix('.csv').name}: rows for {sorted(found)}, expected one per seed and "
                         f"{column}: {sorted(expected)}")
     return problems

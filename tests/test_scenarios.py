@@ -113,3 +113,22 @@ def test_reference_files_refuse_unknown_names_and_fast_writes_before_running(tmp
     with pytest.raises(FileNotFoundError, match="python tools/scenario_reference.py qa"):
         scenarios.load_reference("qa", tmp_path)
     assert ran == [] and list(tmp_path.iterdir()) == []
+
+
+def test_boxes_lr_grid_scores_every_rate_on_the_validation_split_and_choose_box_rates_picks_the_best():
+    rows = scenarios.boxes_lr_grid(["freeze"], seeds=[0], labels_per_class=[1])
+    assert list(rows["lr"]) == scenarios.BOX_LR_GRID["freeze"] and set(rows["split"]) == {"validation"}
+    made = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3, "lr": [1e-3, 3e-3, 1e-2] * 2,
+                         "acc@iou0.5": [0.1, 0.3, 0.3, 0.2, 0.2, 0.2], "mean iou": [0.5, 0.4, 0.6, 0.3, 0.3, 0.3]})
+    assert scenarios.choose_box_rates(made) == {"a": 1e-2, "b": 1e-3}  # ties: higher IoU, then the smaller rate
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"split": "train"}, "split must be 'test' or 'validation', got 'train'"),
+    ({"rates": {"lora": 1e-3}}, "rates must map methods of this run \\(freeze\\) to positive floats"),
+    ({"rates": {"freeze": -1.0}}, "rates must map methods of this run"),
+])
+def test_boxes_experiment_refuses_a_bad_split_or_rates_before_training(kwargs, message, monkeypatch):
+    monkeypatch.setattr(scenarios, "fit", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=message):
+        scenarios.boxes_experiment(["freeze"], seeds=[0], **kwargs)
