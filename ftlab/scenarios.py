@@ -504,7 +504,8 @@ def reference_settings(name: str, run_mode: str | None = None) -> dict:
     experiment, arguments, _ = REFERENCES[name]
     run_mode = run_mode or mode()
     return {"kind": "scenarios", "scenario": name, "mode": run_mode, "experiment": experiment.__name__,
-            "arguments": arguments, "defaults": DEFAULTS[name][0 if run_mode == "classroom" else 1],
+            "arguments": arguments,
+            "defaults": DEFAULTS[name.removesuffix("_lr")][0 if run_mode == "classroom" else 1],
             "methods": _methods_table(name), "seeds": list(arguments.get("seeds", REFERENCE_SEEDS))}
 
 

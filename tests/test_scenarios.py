@@ -132,3 +132,10 @@ def test_boxes_experiment_refuses_a_bad_split_or_rates_before_training(kwargs, m
     monkeypatch.setattr(scenarios, "fit", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ValueError, match=message):
         scenarios.boxes_experiment(["freeze"], seeds=[0], **kwargs)
+
+
+def test_every_reference_has_settings_in_both_modes():
+    for name in scenarios.REFERENCES:
+        for run_mode in ("classroom", "FAST"):
+            settings = scenarios.reference_settings(name, run_mode)
+            assert settings["scenario"] == name and settings["defaults"] and settings["seeds"]
