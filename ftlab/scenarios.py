@@ -265,9 +265,9 @@ def domain_pretraining_experiment(methods: Sequence[str] | None = None, *, seeds
 BOX_LR_GRID: dict[str, list[float]] = {"freeze": [3e-4, 1e-3, 3e-3, 1e-2], "lora": [3e-4, 1e-3, 3e-3, 1e-2],
                                        "full": [1e-4, 3e-4, 1e-3, 3e-3], "scratch": [1e-4, 3e-4, 1e-3, 3e-3]}
 BOX_METHODS: dict[str, dict] = {
-    "freeze": {"method": "freeze", "lr": 1e-2},
-    "lora": {"method": "lora", "lr": 3e-3, "r": 8},
-    "full": {"method": "full", "lr": 1e-3},
+    "freeze": {"method": "freeze", "lr": 3e-4},
+    "lora": {"method": "lora", "lr": 3e-4, "r": 8},
+    "full": {"method": "full", "lr": 3e-4},
     "scratch": {"method": "full", "lr": 1e-3, "pretrained": False},
 }
 
