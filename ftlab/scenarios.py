@@ -549,7 +549,7 @@ def check_reference(json_path: str | Path) -> list[str]:
         problems.append(f"{json_path.with_suffix('.csv').name}: columns {list(rows.columns)}, "
                         f"the provenance says {stored['columns']}")
         return problems
-    runs = DOMAIN_STARTS if name == "instruction" else list(_methods_table(name))
+    runs = DOMAIN_STARTS if name == "instruction" else list(BOX_METHODS if name == "boxes_lr" else _methods_table(name))
     column = "start" if name == "instruction" else "method"
     arguments = REFERENCES[name][1]
     expected = {(seed, run) for seed in arguments.get("seeds", REFERENCE_SEEDS) for run in runs}
