@@ -199,7 +199,7 @@ def test_domain_questions_about_drugs_and_conditions_are_held_out():
 def test_fact_recall_picks_the_condition_with_the_most_likely_tokens(tiny_gpt2_chat):
     model, tokenizer = tiny_gpt2_chat
     drugs = list(domain.DRUG_CONDITION)
-    right = 0
+    right, picked = 0, {}
     for drug in drugs:  # the same choice, scored another way: the summed loss of the answer tokens
         losses = {}
         for condition in domain.CONDITIONS:
@@ -209,9 +209,12 @@ def test_fact_recall_picks_the_condition_with_the_most_likely_tokens(tiny_gpt2_c
             labels = torch.tensor([[-100] * len(prompt) + answer])
             with torch.no_grad():
                 losses[condition] = model(input_ids=ids, labels=labels).loss.item() * len(answer)
-        right += min(losses, key=losses.get) == domain.DRUG_CONDITION[drug]
+        picked[drug] = min(losses, key=losses.get)
+        right += picked[drug] == domain.DRUG_CONDITION[drug]
     assert 0 < right < len(drugs)  # a random model is right about some drugs, so the comparison means something
     assert domain.fact_recall(model, tokenizer) == pytest.approx(right / len(drugs))
+    assert domain.fact_choices(model, tokenizer) == picked
+    assert domain.fact_choices(model, tokenizer, drugs[:2]) == {d: picked[d] for d in drugs[:2]}
 
 
 def test_domain_bad_kinds_and_sizes_raise_clear_errors():

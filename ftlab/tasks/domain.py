@@ -152,14 +152,12 @@ def make_domain_corpus(seed: int = 0, sizes: dict | None = None) -> dict[str, li
 
 
 @torch.no_grad()
-def fact_recall(model, tokenizer, drugs: Sequence[str] | None = None) -> float:
-    """The fraction of ``drugs`` (default: all 48) whose condition the model finds among all 16: a multiple choice.
-
-    For each drug every condition is scored by ``log p(" " + condition + eos | bos + "Formulary: {drug}. Used
-    for")``, the summed log-probability of its tokens (``ftlab.align.common.response_logprobs``); the choice is the
-    best-scoring condition. Chance is 1/16. It measures what continued pretraining taught, with no instruction
-    tuning and no generation.
-    """
+def fact_choices(model, tokenizer, drugs: Sequence[str] | None = None) -> dict[str, str]:
+    """``{drug: condition}``: for each of ``drugs`` (default: all 48) the condition, of all 16, that the model scores
+    highest after ``Formulary: {drug}. Used for``, by the summed log-probability of its tokens,
+    ``log p(" " + condition + eos | bos + "Formulary: {drug}. Used for")``
+    (``ftlab.align.common.response_logprobs``). A sum favours short conditions: a model that knows nothing picks
+    the same one for every drug."""
     from ftlab.align.common import response_logprobs
     from ftlab.align.sft import collate, encode, max_positions
     from ftlab.validate import eval_mode
@@ -167,15 +165,23 @@ def fact_recall(model, tokenizer, drugs: Sequence[str] | None = None) -> float:
     drugs = list(drugs or DRUG_CONDITION)
     conditions = list(CONDITIONS)
     device = next(model.parameters()).device
-    correct = 0
+    choices = {}
     with eval_mode(model):
         for drug in drugs:
             pairs = [encode(tokenizer, f"Formulary: {drug}. Used for", c, max_length=max_positions(model))
                      for c in conditions]
             batch = {k: v.to(device) for k, v in collate(pairs, tokenizer.pad_token_id).items()}
             scores = response_logprobs(model, batch)  # (16,)
-            correct += conditions[int(scores.argmax())] == DRUG_CONDITION[drug]
-    return correct / len(drugs)
+            choices[drug] = conditions[int(scores.argmax())]
+    return choices
+
+
+def fact_recall(model, tokenizer, drugs: Sequence[str] | None = None) -> float:
+    """The fraction of ``drugs`` (default: all 48) whose condition the model finds among all 16 (``fact_choices``):
+    a multiple choice; chance is 1/16. It measures what continued pretraining taught, with no instruction tuning
+    and no generation."""
+    choices = fact_choices(model, tokenizer, drugs)
+    return sum(DRUG_CONDITION[drug] == condition for drug, condition in choices.items()) / len(choices)
 
 
 INSTRUCTION_KINDS = ("drug", "dose", "diagnosis", "use", "clinic")
