@@ -1243,15 +1243,20 @@ def plot_virtual_token_counts(base_model, num_virtual_tokens: int = 20, encoder_
 
 
 def plot_seed_spread(df, metrics: Sequence[str], by: str = "method", group: str | None = None,
-                     title: str | None = None):
-    """One panel per metric: every run of ``df`` as a dot (one per seed) and the mean of each ``by`` value as a bar,
-    side by side within each value of ``group`` (e.g. ``labels_per_class``) when given. Metrics in [0, 1]."""
+                     title: str | None = None, ncols: int = 3):
+    """One panel per metric, ``ncols`` to a row: every run of ``df`` as a dot (one per seed) and the mean of each
+    ``by`` value as a bar, side by side within each value of ``group`` (e.g. ``labels_per_class``) when given.
+    Metrics in [0, 1]."""
     groups = list(dict.fromkeys(df[group])) if group else [None]
     names = list(dict.fromkeys(df[by]))
     width = 0.8 / len(names)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 1.0 + 0.7 * len(names) * len(groups)) * len(metrics),
-                                                         3.6), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    ncols = min(ncols, len(metrics))
+    nrows = (len(metrics) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.0, 1.0 + 0.7 * len(names) * len(groups)) * ncols,
+                                                    3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        fig.delaxes(ax)
+    for ax, metric in zip(axes.flat, metrics):
         for k, name in enumerate(names):
             for g, group_value in enumerate(groups):
                 rows = df[(df[by] == name) & ((df[group] == group_value) if group else True)]
@@ -1280,6 +1285,8 @@ def plot_perplexity_shift(df):
     """``ftlab.scenarios.domain_pretraining_experiment``'s table as arrows from before to after, one per run:
     perplexity on general text (x) against perplexity on domain text (y), both log scale. Down is adaptation, right
     is forgetting."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     for k, method in enumerate(dict.fromkeys(df["method"])):
         rows = df[df["method"] == method]
@@ -1292,6 +1299,9 @@ def plot_perplexity_shift(df):
                 label="before" if k == 0 else None)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1, 2, 5, 10, 20, 50: plain numbers
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())  # labels at every minor tick would overlap
     ax.set_xlabel("perplexity on general text (held out)")
     ax.set_ylabel("perplexity on clinic notes (held out)")
     ax.set_title("continued pretraining: down = adapted, right = forgot", fontsize=10)

@@ -66,3 +66,20 @@ def test_boxes_plot_pages_through_the_split_and_can_show_only_the_misses():
     assert "misses" in fig._suptitle.get_text()
     empty = plot_boxes(dataset, predicted=(logits, predicted_boxes), n=4, ncols=4, only_misses=True, start=2)
     assert "no misses" in empty.axes[0].texts[0].get_text()
+
+
+def test_seed_spread_wraps_its_panels_into_rows():
+    df = pd.DataFrame({"method": ["a", "b"], **{f"m{i}": [0.1, 0.2] for i in range(4)}})
+    fig = plot_seed_spread(df, [f"m{i}" for i in range(4)], ncols=3)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["m0", "m1", "m2", "m3"]  # the two spare panels are removed
+    rows = sorted({round(ax.get_position().y0, 3) for ax in fig.axes})
+    assert len(rows) == 2
+
+
+def test_perplexity_shift_labels_its_log_axis_with_plain_numbers():
+    df = pd.DataFrame({"method": ["lora"], "seed": [0], "domain ppl before": [3e5], "domain ppl after": [2.2],
+                       "general ppl before": [2.0], "general ppl after": [60.0]})
+    fig = plot_perplexity_shift(df)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert "10" in labels and "2" in labels and not any("times" in t or "^" in t for t in labels), labels
