@@ -1273,10 +1273,11 @@ def plot_seed_spread(df, metrics: Sequence[str], by: str = "method", group: str 
         ax.set_ylim(0, 1.08)
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} (bar: mean, dots: seeds)", fontsize=10)
-    axes[0][0].legend(fontsize=8, loc="upper left")
+    handles, labels = axes[0][0].get_legend_handles_labels()  # under the panels: inside, it could hide a seed
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
     plt.close(fig)
     return fig
 

@@ -21,6 +21,8 @@ def test_seed_spread_draws_one_dot_per_run_and_a_bar_per_method_and_group():
     dots = sum(len(line.get_xdata()) for line in ax.lines)
     assert dots == 8
     assert [t.get_text() for t in ax.get_xticklabels()] == ["labels_per_class = 10", "labels_per_class = 50"]
+    # the legend sits under the panels, where it cannot hide a seed's dot
+    assert ax.get_legend() is None and [t.get_text() for t in fig.legends[0].get_texts()] == ["full", "lora"]
 
 
 def test_perplexity_shift_draws_one_arrow_per_run_on_log_axes():

@@ -27,8 +27,10 @@ clinic      Question: which clinic treats gout?\\nAnswer:                     rh
 
 Held out: one drug of every condition (``DRUG_SPLITS``) and every fifth condition
 (``CONDITION_SPLITS``) are never asked about in training questions, and patient names are split
-as in ``ftlab.tasks.qa``. The answers to the test ``use`` and ``clinic`` questions are therefore
-written only in the domain corpus: a model can know them only from continued pretraining.
+as in ``ftlab.tasks.qa``. The answers to the test ``clinic`` questions are therefore written only in the
+domain corpus. Those of the test ``use`` questions are not asked in training either, but the training
+questions' notes may start any drug of a diagnosis, held-out drugs too ("Imp: hypertension. Plan: start
+losartan"), so instruction tuning itself shows which condition a held-out drug goes with.
 """
 from __future__ import annotations
 
