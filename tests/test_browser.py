@@ -37,6 +37,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 INSTALL = "apt-get install -y chromium && pip install -r requirements-dev.txt"
 WIDGET_CALL = re.compile(r"\bexplore\(")  # explore(...) or widgets.explore(...), not my_explore(...)
 KERNEL = "ftlab-browser-test"
+KERNELSPEC = {"name": KERNEL, "display_name": "ftlab (browser test)", "language": "python"}
 RUN_TIMEOUT_MS = 600_000     # running a notebook's cells (FAST mode)
 UPDATE_TIMEOUT_MS = 300_000  # one widget update (a manual one may train)
 
@@ -181,7 +182,7 @@ def prepare_copy(source: Path, root: Path) -> tuple[str, list[int]]:
     for cell in notebook["cells"]:
         if cell["cell_type"] == "code":
             cell["outputs"], cell["execution_count"] = [], None
-    notebook["metadata"]["kernelspec"] = {"name": KERNEL, "display_name": "ftlab (browser test)", "language": "python"}
+    notebook["metadata"]["kernelspec"] = KERNELSPEC
     notebook["metadata"].pop("widgets", None)
     (root / source.name).write_text(json.dumps(notebook))
     return source.name, cells
@@ -215,6 +216,12 @@ RESULT = """(node) => Array.from(node.querySelectorAll('.jp-OutputArea-output'))
 # The text/plain of every output as it would be saved: a progress bar must have become its final line.
 SAVED_TEXT = """() => window.jupyterapp.shell.currentWidget.context.model.toJSON().cells
     .flatMap(cell => cell.outputs || []).map(out => [].concat((out.data || {})['text/plain'] || []).join(''))"""
+# Every error output of the notebook's model, whether or not its cell is drawn (JupyterLab renders only the cells
+# near the view): [cell index, "Name: value\ntraceback"].
+CELL_ERRORS = r"""() => window.jupyterapp.shell.currentWidget.context.model.toJSON().cells
+    .flatMap((cell, i) => (cell.outputs || []).filter(out => out.output_type === 'error')
+        .map(out => [i, `${out.ename}: ${out.evalue}\n${(out.traceback || []).join('\n')}`]))"""
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FROZEN_BAR = re.compile(r"\d+%\||running \(a live bar")  # tqdm's "0%|", or an ftlab.progress bar never closed
 IMAGES = "(node) => [node.querySelectorAll('img').length, node.querySelectorAll('.ftlab-explore img').length]"
 UPDATES = """(panel) => Number(Array.from(panel.classList).find(c => c.startsWith('ftlab-updates-')).slice(14))"""
@@ -230,8 +237,10 @@ def test_widgets_update_in_the_browser(lab, source, request):
     ran = page.evaluate(OPEN_AND_RUN, [name, RUN_TIMEOUT_MS])
     run_seconds, updates = time.perf_counter() - start, 0
     try:
+        failed = cell_errors(page)
+        assert not failed, f"{name}: a cell raised while running all cells:\n" + "\n".join(failed)
         check_no_traceback(page, f"{name} after running its cells")
-        assert ran, f"{name}: a cell failed while running all cells"
+        assert ran, f"{name}: a cell failed while running all cells (no error output was recorded)"
         frozen = [text for text in page.evaluate(SAVED_TEXT) if FROZEN_BAR.search(text)]
         assert not frozen, f"{name}: progress bars that would be saved unfinished: {frozen[:3]}"
         for index in cells:
@@ -245,6 +254,28 @@ def test_widgets_update_in_the_browser(lab, source, request):
         page.evaluate(CLOSE)
     say(request, f"{source.stem}: {cells[-1] + 1} cells run in {run_seconds:.1f} s, "
                  f"{updates} widget updates in {time.perf_counter() - start - run_seconds:.1f} s")
+
+
+def cell_errors(page) -> list[str]:
+    """``"cell <index>: <error name>: <message>"`` and the end of its traceback, for every cell of the open notebook
+    that raised."""
+    return [f"cell {i}: {ANSI.sub('', text)[-3000:]}" for i, text in page.evaluate(CELL_ERRORS)]
+
+
+def test_a_cell_that_raises_is_reported_with_its_index_and_error(lab):
+    page = lab["page"]
+    cells = [{"cell_type": "code", "source": source, "metadata": {}, "outputs": [], "execution_count": None}
+             for source in ["x = 1", "x / 0", "print('not reached')"]]
+    notebook = {"cells": cells, "nbformat": 4, "nbformat_minor": 4, "metadata": {"kernelspec": KERNELSPEC}}
+    (lab["root"] / "raises.ipynb").write_text(json.dumps(notebook))
+    ran = page.evaluate(OPEN_AND_RUN, ["raises.ipynb", RUN_TIMEOUT_MS])
+    try:
+        failed = cell_errors(page)
+    finally:
+        page.evaluate(CLOSE)
+    assert not ran
+    assert len(failed) == 1 and failed[0].startswith("cell 1: ZeroDivisionError: division by zero\n"), failed
+    assert "x / 0" in failed[0] and "\x1b[" not in failed[0]
 
 
 def drive_widget(page, cell, panel, label: str, shots: Path) -> int:
