@@ -435,6 +435,17 @@ def summarize(df: pd.DataFrame, value: str | None = None, by: list[str] | None =
     return table
 
 
+def spread_table(df: pd.DataFrame, values: list[str], by: str = "method", digits: int = 3) -> pd.DataFrame:
+    """``"mean (min to max)"`` over the seeds of each of ``values``, one row per ``by`` value in the order of ``df``,
+    one column per value: ``summarize`` for reading."""
+    table = {}
+    for value in values:
+        s = summarize(df, value, by=[by]).set_index(by)
+        table[value] = [f"{m:.{digits}f} ({lo:.{digits}f} to {hi:.{digits}f})"
+                        for m, lo, hi in zip(s["mean"], s["min"], s["max"])]
+    return pd.DataFrame(table, index=s.index)
+
+
 def verdict(df: pd.DataFrame, a: str, b: str, value: str | None = None, by: str = "method",
             higher_is_better: bool = True) -> str:
     """``"a beats b"`` when every seed of ``a`` scored above every seed of ``b`` (their ranges separate),

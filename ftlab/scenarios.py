@@ -536,6 +536,18 @@ def load_reference(name: str, out: str | Path = RESULTS_DIR) -> pd.DataFrame:
     return load_results_file(csv_path, json_path, f"make them with python tools/scenario_reference.py {name}")
 
 
+def against_reference(live: dict, rows: pd.DataFrame, run: str, values: Sequence[str], by: str = "method",
+                      seed: int = 0) -> pd.DataFrame:
+    """A live run's ``values`` beside the reference row of the same ``run`` (a ``by`` value) and ``seed``: a notebook's
+    live run with a reference run's settings should land on it (up to the threads' rounding)."""
+    stored = rows[(rows[by] == run) & (rows["seed"] == seed)]
+    if stored.empty:
+        raise ValueError(f"no reference row with {by} == {run!r} and seed {seed}; "
+                         f"{by} values: {', '.join(map(str, dict.fromkeys(rows[by])))}")
+    return pd.DataFrame({"live (this run)": [live[v] for v in values],
+                         f"reference, seed {seed}": [stored.iloc[0][v] for v in values]}, index=list(values))
+
+
 def check_reference(json_path: str | Path) -> list[str]:
     """What no longer matches between a scenario's reference file (``.json`` and ``.csv``) and the code: the
     checkpoint's SHA-256, the classroom settings (``reference_settings``), the columns, and one row per seed and

@@ -21,6 +21,7 @@ from ftlab.compare import (
     load_task_model,
     rank_sweep,
     run_method,
+    spread_table,
     summarize,
     summary_table,
     task_data,
@@ -253,6 +254,18 @@ def test_verdict_says_beats_only_when_the_seed_ranges_separate():
     assert verdict(df, "a", "c", higher_is_better=False) == "a and c are within noise"
     with pytest.raises(ValueError, match="no rows with method == 'd'"):
         verdict(df, "a", "d")
+
+
+def test_spread_table_gives_mean_min_and_max_per_method_in_the_tables_order():
+    df = pd.DataFrame({"method": ["b"] * 3 + ["a"] * 3, "seed": [0, 1, 2] * 2,
+                       "em": [0.5, 0.7, 0.9, 0.1, 0.2, 0.6], "f1": [1.0, 0.0, 0.5, 0.25, 0.25, 0.25]})
+    table = spread_table(df, ["em", "f1"])
+    assert list(table.index) == ["b", "a"] and list(table.columns) == ["em", "f1"]
+    assert table.loc["b", "em"] == "0.700 (0.500 to 0.900)" and table.loc["a", "em"] == "0.300 (0.100 to 0.600)"
+    assert table.loc["b", "f1"] == "0.500 (0.000 to 1.000)"
+    assert spread_table(df, ["f1"], digits=1).loc["a", "f1"] == "0.2 (0.2 to 0.2)"
+    with pytest.raises(ValueError, match="no column 'chrf'"):
+        spread_table(df, ["chrf"])
 
 
 def test_learning_rates_come_from_the_rates_file_and_other_options_from_the_code():

@@ -139,3 +139,15 @@ def test_every_reference_has_settings_in_both_modes():
         for run_mode in ("classroom", "FAST"):
             settings = scenarios.reference_settings(name, run_mode)
             assert settings["scenario"] == name and settings["defaults"] and settings["seeds"]
+
+
+def test_against_reference_puts_a_live_run_beside_the_reference_row_of_its_method_and_seed():
+    rows = pd.DataFrame({"method": ["lora", "lora", "full"], "seed": [1, 0, 0], "em": [0.2, 0.4, 0.9],
+                         "f1": [0.3, 0.5, 0.95]})
+    table = scenarios.against_reference({"em": 0.41, "f1": 0.5, "other": 7}, rows, "lora", ["em", "f1"])
+    assert list(table.columns) == ["live (this run)", "reference, seed 0"] and list(table.index) == ["em", "f1"]
+    assert table["live (this run)"].tolist() == [0.41, 0.5] and table["reference, seed 0"].tolist() == [0.4, 0.5]
+    assert scenarios.against_reference({"em": 0.1}, rows, "lora", ["em"], seed=1)["reference, seed 1"].tolist() == [0.2]
+    with pytest.raises(ValueError, match="no reference row with method == 'adapter' and seed 0; method values: "
+                                         "lora, full"):
+        scenarios.against_reference({"em": 0.1}, rows, "adapter", ["em"])

@@ -1,6 +1,8 @@
-"""Reference results of the application scenarios (ftlab.scenarios.REFERENCES), classroom sizes, seeds 0, 1, 2.
+"""Reference results of the application scenarios (ftlab.scenarios.REFERENCES), classroom sizes, seeds 0, 1, 2
+(the localisation learning-rate grid, boxes_lr: seed 0).
 
-    python tools/scenario_reference.py qa domain instruction boxes translation
+    python tools/scenario_reference.py                                   # all, in this order:
+    python tools/scenario_reference.py qa domain instruction boxes_lr boxes translation
 
 Writes data/results/scenarios_<name>.csv (one row per run) and .json (its provenance), replacing earlier files.
 The medical-style imaging scenario (cells) is notebook 13's, from ftlab.compare with its own reference results.

@@ -184,7 +184,7 @@ def evaluate_boxes(model: nn.Module, dataset: TensorDataset, *, batch_size: int 
     """``{"accuracy", "mean iou", "acc@iou0.5", "localised"}``: class accuracy, mean IoU, the fraction with
     the right class and IoU >= 0.5, and the fraction with IoU >= 0.5 whatever the class."""
     logits, predicted = predict_boxes(model, dataset, batch_size=batch_size)
-    y, boxes = (torch.cat(parts) for parts in zip(*[(y, b) for _, y, b in box_loader(dataset, batch_size=batch_size)]))
+    _, y, boxes = next(iter(box_loader(dataset, batch_size=len(dataset))))  # every label and box, in one batch
     correct, ious = logits.argmax(-1) == y, box_iou(predicted, boxes)
     localised = ious >= 0.5
     return {"accuracy": correct.float().mean().item(), "mean iou": ious.mean().item(),
